@@ -1,0 +1,173 @@
+"""Token-budget dynamic batching shared by the encoder and the reranker.
+
+Concurrent requests put their token sequences on one bounded queue; a single worker thread takes
+everything waiting, sorts it by length (so a batch pads little), cuts it into batches whose padded
+size stays under `max_batch_tokens`, runs them on the device and resolves each sequence's future.
+A request that does not fit in the queue is refused at once (`QueueFull`) instead of waiting
+unboundedly; a future cancelled before its batch runs (client gone) costs no model time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from models.errors import QueueFull
+
+
+@dataclass
+class BatchStats:
+    size: int
+    tokens: int  # real tokens
+    padded_tokens: int  # size * longest, what the dense forward pays for
+    seconds: float
+
+
+@dataclass
+class _Item:
+    ids: list[int]
+    future: Future
+
+
+class TokenBatcher:
+    def __init__(
+        self,
+        run: Callable[[list[list[int]]], Sequence[Any]],
+        *,
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+        max_queue_tokens: int = 1_000_000,
+        wait_ms: float = 2.0,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        name: str = "batcher",
+    ):
+        self._run = run
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_queue_tokens = max_queue_tokens
+        self._wait = wait_ms / 1000
+        self._on_batch = on_batch
+        self._queue: list[_Item] = []
+        self._queued_tokens = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Sequences waiting (not yet taken by the worker)."""
+        return len(self._queue)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    def submit(self, seqs: list[list[int]]) -> list[Future]:
+        """Queue all of a request's sequences, or none of them (QueueFull)."""
+        tokens = sum(len(s) for s in seqs)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("batcher is closed")
+            if self._queue and self._queued_tokens + tokens > self.max_queue_tokens:
+                raise QueueFull(
+                    f"queue full: {self._queued_tokens} tokens waiting, limit {self.max_queue_tokens}",
+                    retry_after=1.0,
+                )
+            items = [_Item(list(s), Future()) for s in seqs]
+            self._queue.extend(items)
+            self._queued_tokens += tokens
+            self._cond.notify()
+        return [it.future for it in items]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def _take(self) -> list[_Item]:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed and not self._queue:
+                return []
+        if self._wait:  # let requests arriving together share a batch
+            time.sleep(self._wait)
+        with self._cond:
+            items, self._queue, self._queued_tokens = self._queue, [], 0
+        return items
+
+    def _loop(self) -> None:
+        while True:
+            items = self._take()
+            if not items:
+                return
+            live = [it for it in items if it.future.set_running_or_notify_cancel()]
+            live.sort(key=lambda it: len(it.ids))
+            for batch in self._cut(live):
+                self._run_batch(batch)
+
+    def _cut(self, items: list[_Item]) -> list[list[_Item]]:
+        """Consecutive runs of the length-sorted items whose padded size fits the budget."""
+        batches: list[list[_Item]] = []
+        cur: list[_Item] = []
+        for it in items:
+            longest = max(len(it.ids), 1)  # sorted, so the newest item is the longest
+            if cur and ((len(cur) + 1) * longest > self.max_batch_tokens or len(cur) >= self.max_batch_size):
+                batches.append(cur)
+                cur = []
+            cur.append(it)
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        start = time.perf_counter()
+        try:
+            outputs = self._run([it.ids for it in batch])
+        except BaseException as exc:  # the request fails, the worker lives on
+            for it in batch:
+                it.future.set_exception(exc)
+            return
+        for it, out in zip(batch, outputs):
+            it.future.set_result(out)
+        if self._on_batch:
+            lengths = [len(it.ids) for it in batch]
+            self._on_batch(
+                BatchStats(len(batch), sum(lengths), len(batch) * max(lengths), time.perf_counter() - start)
+            )
+
+
+def gather(futures: list[Future], combine: Callable[[list[Any]], Any]) -> Future:
+    """One future that resolves to combine(results) once every input future is done."""
+    out: Future = Future()
+    if not futures:
+        out.set_result(combine([]))
+        return out
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def done(_f: Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        if out.done():
+            return
+        errors = [f.exception() for f in futures if not f.cancelled() and f.exception()]
+        if errors:
+            out.set_exception(errors[0])
+        elif any(f.cancelled() for f in futures):
+            out.cancel()
+        else:
+            out.set_result(combine([f.result() for f in futures]))
+
+    for f in futures:
+        f.add_done_callback(done)
+    out.add_done_callback(lambda o: o.cancelled() and [f.cancel() for f in futures])
+    return out

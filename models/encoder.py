@@ -1,0 +1,60 @@
+"""Texts -> L2-normalised vectors, query or passage side, through the shared batcher."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from models.batching import gather
+from models.presets import EncoderPreset
+from models.runtime import ModelRuntime
+from models.templates import TemplateRenderer
+
+Side = Literal["query", "passage"]
+
+
+@dataclass
+class Encoded:
+    vectors: np.ndarray  # [n, dim] float32
+    tokens: int
+    truncated_tokens: int
+
+
+class Encoder(ModelRuntime):
+    def __init__(self, model, preset: EncoderPreset, **batching):
+        super().__init__(model, name=f"encoder-{preset.name}", **batching)
+        self.preset = preset
+        self.dim = model.dim
+        max_len = preset.max_length
+        self._render = {
+            "query": TemplateRenderer(model.tokenizer, preset.query_template, max_len),
+            "passage": TemplateRenderer(model.tokenizer, preset.passage_template, max_len),
+        }
+
+    def tokenize(self, texts: list[str], side: Side, truncate: bool) -> tuple[list[list[int]], int]:
+        rendered = [
+            self._render[side].render({"text": t}, truncate, label=f"input[{i}]") for i, t in enumerate(texts)
+        ]
+        return [r.ids for r in rendered], sum(r.truncated for r in rendered)
+
+    def submit(self, texts: list[str], side: Side = "passage", truncate: bool = False) -> Future:
+        """Future of `Encoded`; raises InputTooLong or QueueFull before anything is queued."""
+        seqs, truncated = self.tokenize(texts, side, truncate)
+        tokens = sum(len(s) for s in seqs)
+        return gather(
+            self.batcher.submit(seqs),
+            lambda rows: Encoded(np.stack(rows) if rows else np.zeros((0, self.dim), np.float32), tokens, truncated),
+        )
+
+    def encode(self, texts: list[str], side: Side = "passage", truncate: bool = True) -> Encoded:
+        return self.submit(texts, side, truncate).result()
+
+    def _run(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        pooled = self.last_states(seqs, self.preset.pool_last).float().mean(dim=1)
+        if self.preset.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+        return list(pooled.cpu().numpy())

