@@ -56,10 +56,37 @@ def bundled_smollm2_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("REPRANK_MODEL_CACHE", Path.home() / ".cache" / "reprank" / "models"))
+
+
+def _materialize_gguf(path: Path) -> Path | None:
+    """De-quantize a GGUF file once into an HF folder: later loads take seconds instead of ~35 s."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    st = path.stat()
+    target = cache_dir() / f"{path.stem}-{st.st_size}-{int(st.st_mtime)}"
+    if (target / "config.json").exists():
+        return target
+    try:
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        kwargs = {"gguf_file": path.name}
+        AutoTokenizer.from_pretrained(str(path.parent), **kwargs).save_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), **kwargs)
+        model.hf_quantizer = None  # the weights are already de-quantized floats
+        model.config.__dict__.pop("quantization_config", None)
+        model.save_pretrained(tmp)
+        tmp.rename(target)
+        return target
+    except OSError:  # read-only home or a concurrent writer: load from the GGUF itself
+        return target if (target / "config.json").exists() else None
+
+
 def resolve(source: str) -> Source:
     path = bundled_smollm2_path() if source == BUNDLED_SMOLLM2 else Path(source).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return Source("gguf", path)
+        cached = _materialize_gguf(path)
+        return Source("hf", cached) if cached else Source("gguf", path)
     if path.is_dir() and (path / "adapter_config.json").exists():
         return Source("peft", path)
     if path.is_dir() and (path / "config.json").exists():

@@ -1,0 +1,180 @@
+"""`reprank index | serve | search`: every flag maps onto service.settings.Settings (env REPRANK_*)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import textwrap
+
+SETTINGS_FLAGS = ("data_dir", "qdrant_url", "qdrant_api_key", "model", "model_preset", "reranker",
+                  "reranker_preset", "base", "device", "dtype", "collection", "host", "port")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models and store (defaults from env REPRANK_*)")
+    g.add_argument("--data-dir", help="folder of the embedded Qdrant Edge store (env REPRANK_DATA_DIR, default ./data)")
+    g.add_argument("--qdrant-url", help="use a Qdrant server at this URL instead of the embedded store")
+    g.add_argument("--qdrant-api-key", help="API key of that Qdrant server")
+    g.add_argument("--model", help="encoder: a preset (smollm2, repllama, llara) or a local model/adapter path")
+    g.add_argument("--model-preset", help="the encoder preset of a --model path")
+    g.add_argument("--reranker", help="reranker: a preset (smollm2-reranker, rankllama, qwen3-reranker), "
+                   "a local path, or 'none'")
+    g.add_argument("--reranker-preset", help="the reranker preset of a --reranker path")
+    g.add_argument("--base", help="base model (local path or .gguf) for adapters")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--dtype", help="auto, float32, bfloat16, float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reprank",
+        description="LLM retrieval and reranking: index corpora into Qdrant, serve /v1/search, "
+        "/v1/embeddings and /v1/rerank.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="encode a corpus (BEIR corpus.jsonl[.gz], JSONL, Parquet) into a collection")
+    p.add_argument("--corpus", required=True, help="corpus file, or a BEIR dataset folder")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--chunk-size", type=int, default=256, help="documents encoded and written per step")
+    p.add_argument("--no-progress", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("serve", help="serve the REST API with uvicorn")
+    p.add_argument("--collection", help="searched when a request names none (default: 'default')")
+    p.add_argument("--host", help="default 127.0.0.1")
+    p.add_argument("--port", type=int, help="default 8000")
+    _common(p)
+
+    p = sub.add_parser("search", help="search a collection and print a table")
+    p.add_argument("query")
+    p.add_argument("--collection")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--candidates", type=int)
+    p.add_argument("--no-rerank", action="store_true")
+    p.add_argument("--hybrid", action="store_true", help="fuse dense and BM25 (RRF) before reranking")
+    p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"section": "python"}\'')
+    p.add_argument("--url", help="ask a running server (e.g. http://127.0.0.1:8000) instead of loading models here")
+    _common(p)
+    return parser
+
+
+def settings_from(args: argparse.Namespace):
+    from service.settings import Settings
+
+    given = {k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k, None) is not None}
+    return Settings(**given)
+
+
+def cmd_index(args) -> int:
+    from indexer.corpus import count_documents, read_corpus
+    from indexer.run import index_corpus
+    from indexer.store import open_store
+    from models import open_encoder
+
+    s = settings_from(args)
+    total = count_documents(args.corpus)
+    store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
+    encoder = open_encoder(s.model, s.model_preset, base=s.base, device=s.torch_device(), dtype=s.torch_dtype(),
+                           max_batch_tokens=s.batch_tokens(), max_batch_size=s.max_batch_size)
+    try:
+        stats = index_corpus(read_corpus(args.corpus), encoder, store, args.collection,
+                             chunk_size=args.chunk_size, total=total, progress=not args.no_progress)
+        count = store.count(args.collection)
+    finally:
+        encoder.close()
+        store.close()
+    print(f"{args.collection}: {stats.indexed} documents encoded ({stats.docs_per_s:.1f} docs/s), "
+          f"{stats.skipped} already present, {count} in the collection; "
+          f"{stats.truncated_tokens} tokens truncated")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from models.loading import resolve
+    from models.presets import ENCODERS, RERANKERS
+    from service.app import create_app
+
+    s = settings_from(args)
+    for name, presets in ((s.model, ENCODERS), (s.reranker, RERANKERS)):  # fail before binding the port
+        if name != "none" and name not in presets:
+            resolve(name)
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info")
+    return 0
+
+
+def cmd_search(args) -> int:
+    body = {"query": args.query, "top_k": args.top_k, "hybrid": args.hybrid}
+    if args.collection:
+        body["collection"] = args.collection
+    if args.candidates:
+        body["candidates"] = args.candidates
+    if args.no_rerank:
+        body["rerank"] = False
+    if args.filter:
+        body["filter"] = json.loads(args.filter)
+    if args.url:
+        import httpx
+
+        r = httpx.post(args.url.rstrip("/") + "/v1/search", json=body, timeout=120)
+        if r.status_code != 200:
+            raise SystemExit(f"error {r.status_code}: {r.json().get('error', {}).get('message', r.text)}")
+        result = r.json()
+    else:
+        result = asyncio.run(_search_here(args, body))
+    _print_table(result)
+    return 0
+
+
+async def _search_here(args, body: dict) -> dict:
+    from indexer.store import open_store
+    from service.app import load_pipeline
+    from service.metrics import Metrics
+    from service.schemas import SearchRequest
+
+    s = settings_from(args)
+    if args.no_rerank:
+        s.reranker = "none"
+    s.warmup = False
+    store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
+    pipeline = load_pipeline(s, store, Metrics())
+    try:
+        return (await pipeline.search(SearchRequest(**body))).model_dump()
+    finally:
+        pipeline.encoder.close()
+        if pipeline.reranker:
+            pipeline.reranker.close()
+        store.close()
+
+
+def _print_table(result: dict) -> None:
+    print(f"collection {result['collection']}  reranked={result['reranked']}  timings_ms={result['timings_ms']}")
+    print(f"{'#':>2}  {'score':>8}  {'retrieval':>9}  {'id':<14}  text")
+    for i, h in enumerate(result["results"], 1):
+        text = textwrap.shorten(f"{h['title']} {h['text']}".strip(), width=90, placeholder="...")
+        print(f"{i:>2}  {h['score']:>8.4f}  {h['retrieval_score']:>9.4f}  {h['id'][:14]:<14}  {text}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from indexer.corpus import CorpusError
+    from indexer.store import StoreError
+    from models.errors import InputTooLong, ModelNotFound
+    from service.errors import ApiError
+
+    try:
+        return {"index": cmd_index, "serve": cmd_serve, "search": cmd_search}[args.command](args)
+    except (ModelNotFound, StoreError, CorpusError, InputTooLong, ApiError, KeyError, ValueError) as e:
+        print(f"reprank: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Read documents from BEIR `corpus.jsonl[.gz]`, plain JSONL or Parquet.
+
+Fields: `_id` or `id` (required, any scalar, kept as a string), `text` (required, non-empty), and
+optional `title` and `metadata` (an object). A bad record stops the run with its line number rather
+than indexing a silent hole.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from indexer.store import Document
+
+
+class CorpusError(ValueError):
+    pass
+
+
+def to_document(rec: dict, where: str) -> Document:
+    doc_id = rec.get("_id", rec.get("id"))
+    text = rec.get("text")
+    if doc_id is None or str(doc_id) == "":
+        raise CorpusError(f"{where}: no `_id` or `id`")
+    if not isinstance(text, str) or not text.strip():
+        raise CorpusError(f"{where}: `text` must be a non-empty string")
+    title = rec.get("title") or ""
+    metadata = rec.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise CorpusError(f"{where}: `metadata` must be an object")
+    return Document(str(doc_id), text, str(title), metadata)
+
+
+def read_corpus(path: str | Path) -> Iterator[Document]:
+    path = Path(path)
+    if path.is_dir():  # a BEIR dataset folder
+        path = next((p for p in (path / "corpus.jsonl", path / "corpus.jsonl.gz") if p.exists()), path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such corpus file")
+    if path.suffix == ".parquet":
+        yield from _read_parquet(path)
+        return
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise CorpusError(f"{path}:{n}: a record must be a JSON object")
+            yield to_document(rec, f"{path}:{n}")
+
+
+def _read_parquet(path: Path) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for rec in batch.to_pylist():
+            n += 1
+            yield to_document(rec, f"{path}: row {n}")
+
+
+def count_documents(path: str | Path) -> int | None:
+    """Cheap total for the progress bar (None when it would cost a full parse)."""
+    path = Path(path)
+    if path.is_dir():
+        path = next((p for p in (path / "corpus.jsonl", path / "corpus.jsonl.gz") if p.exists()), path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        return sum(1 for line in f if line.strip())

@@ -1,0 +1,79 @@
+"""Encode a corpus and upsert it, in chunks, resumably.
+
+Point ids derive from doc ids, so running again (or after a kill) rewrites nothing twice: each
+chunk first asks the store which of its documents are already there and encodes only the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+from tqdm import tqdm
+
+from indexer.store import Document, VectorStore
+
+
+@dataclass
+class IndexStats:
+    seen: int = 0
+    skipped: int = 0  # already in the collection
+    indexed: int = 0
+    truncated_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.indexed / self.seconds if self.seconds else 0.0
+
+
+def passage_text(doc: Document) -> str:
+    """RepLLaMA/Tevatron join: title and text with one space, stripped."""
+    return f"{doc.title} {doc.text}".strip()
+
+
+def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    it = iter(docs)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def collection_info(encoder) -> dict:
+    return {"model": encoder.model.source, "preset": encoder.preset.name}
+
+
+def index_corpus(
+    docs: Iterable[Document],
+    encoder,
+    store: VectorStore,
+    collection: str,
+    *,
+    chunk_size: int = 256,
+    total: int | None = None,
+    progress: bool = True,
+) -> IndexStats:
+    store.create_collection(collection, encoder.dim, collection_info(encoder))
+    stats = IndexStats()
+    start = time.perf_counter()
+    bar = tqdm(total=total, unit="doc", desc=f"indexing {collection}", disable=not progress, smoothing=0.1)
+    for chunk in _chunks(docs, chunk_size):
+        unique = list({d.doc_id: d for d in chunk}.values())
+        present = store.existing_doc_ids(collection, [d.doc_id for d in unique])
+        todo = [d for d in unique if d.doc_id not in present]
+        if todo:
+            enc = encoder.encode([passage_text(d) for d in todo], "passage", truncate=True)
+            store.upsert(collection, todo, enc.vectors)
+            stats.truncated_tokens += enc.truncated_tokens
+        stats.seen += len(chunk)
+        stats.skipped += len(unique) - len(todo)
+        stats.indexed += len(todo)
+        stats.seconds = time.perf_counter() - start
+        bar.update(len(chunk))
+        bar.set_postfix(new=stats.indexed, skipped=stats.skipped, docs_s=f"{stats.docs_per_s:.1f}")
+    bar.close()
+    store.optimize(collection)
+    store.flush()
+    stats.seconds = time.perf_counter() - start
+    return stats

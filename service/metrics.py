@@ -1,0 +1,73 @@
+"""Prometheus metrics, in a registry owned by the app (no global state)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from models.batching import BatchStats
+
+LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536)
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("reprank_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.errors = Counter("reprank_errors", "HTTP error responses by route and status", ["route", "status"],
+                              registry=r)
+        self.latency = Histogram("reprank_request_seconds", "HTTP request latency by route", ["route"],
+                                 buckets=LATENCY, registry=r)
+        self.stage = Histogram("reprank_stage_seconds", "pipeline stage latency (encode, search, rerank)",
+                               ["stage"], buckets=LATENCY, registry=r)
+        self.batch_size = Histogram("reprank_batch_size", "sequences per forward pass", ["model"], buckets=SIZES,
+                                    registry=r)
+        self.batch_tokens = Histogram("reprank_batch_tokens", "real tokens per forward pass", ["model"],
+                                      buckets=TOKENS, registry=r)
+        self.batch_padded = Histogram("reprank_batch_padded_tokens", "tokens incl. padding per forward pass",
+                                      ["model"], buckets=TOKENS, registry=r)
+        self.batch_seconds = Histogram("reprank_batch_seconds", "forward pass time", ["model"], buckets=LATENCY,
+                                       registry=r)
+        self.queue_depth = Gauge("reprank_queue_depth", "sequences waiting for a batch", ["model"], registry=r)
+        self.queue_tokens = Gauge("reprank_queue_tokens", "tokens waiting for a batch", ["model"], registry=r)
+        self.rejected = Counter("reprank_rejected", "requests refused because the queue was full", ["model"],
+                                registry=r)
+        self.truncated = Counter("reprank_truncated_tokens", "tokens cut by requested truncation", ["model"],
+                                 registry=r)
+        self.ready = Gauge("reprank_ready", "1 once models are loaded and warmed up", registry=r)
+
+    def on_batch(self, model: str):
+        def record(s: BatchStats) -> None:
+            self.batch_size.labels(model).observe(s.size)
+            self.batch_tokens.labels(model).observe(s.tokens)
+            self.batch_padded.labels(model).observe(s.padded_tokens)
+            self.batch_seconds.labels(model).observe(s.seconds)
+
+        return record
+
+    def watch_queue(self, model: str, batcher) -> None:
+        self.queue_depth.labels(model).set_function(lambda: batcher.depth)
+        self.queue_tokens.labels(model).set_function(lambda: batcher.queued_tokens)
+
+    @contextmanager
+    def timed(self, stage: str, timings: dict):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.stage.labels(stage).observe(elapsed)
+            timings[stage] = round(elapsed * 1000, 2)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+        if status >= 400:
+            self.errors.labels(route, str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

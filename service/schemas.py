@@ -1,0 +1,122 @@
+"""Request and response shapes: OpenAI embeddings, Cohere/Jina rerank, and reprank's search."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class EmbeddingsRequest(_Request):
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    input_type: Literal["query", "passage"] = "passage"
+    truncate: bool = Field(False, description="cut inputs over the model's max length instead of answering 413")
+    user: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    truncated_tokens: int = 0
+
+
+class EmbeddingsResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankRequest(_Request):
+    query: str
+    documents: list[str | RerankDocument]
+    model: str | None = None
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = False
+    truncate: bool = Field(False, description="cut documents over the model's max length instead of 413")
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    model: str
+    results: list[RerankResult]
+    usage: Usage
+
+
+class SearchRequest(_Request):
+    query: str
+    collection: str | None = Field(None, description="defaults to the collection the server was started with")
+    top_k: int = Field(10, ge=1)
+    candidates: int | None = Field(None, ge=1, description="retrieved before reranking; at least top_k")
+    rerank: bool | None = Field(None, description="defaults to on when a reranker is loaded")
+    hybrid: bool = Field(False, description="fuse dense and BM25 results (RRF) before reranking")
+    filter: dict[str, Any] | None = Field(
+        None, description='metadata conditions, ANDed: {"field": value | [values] | {"gte": x, "lt": y}}'
+    )
+    truncate: bool = Field(False, description="cut a query over the model's max length instead of 413")
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float  # the rank-deciding score: rerank score when reranked, else retrieval score
+    retrieval_score: float
+    rerank_score: float | None = None
+    title: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class SearchUsage(BaseModel):
+    query_tokens: int
+    rerank_tokens: int = 0
+    truncated_tokens: int = 0
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    results: list[SearchHit]
+    reranked: bool
+    timings_ms: dict[str, float]
+    usage: SearchUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "reprank"
+    task: Literal["embedding", "rerank"]
+    preset: str
+    source: str
+    dimensions: int | None = None
+    max_length: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

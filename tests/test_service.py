@@ -1,0 +1,178 @@
+"""The real app under uvicorn (`reprank serve` subprocess) over a real embedded Qdrant Edge store,
+with a tiny random Llama as encoder and yes/no reranker, called over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import httpx
+import numpy as np
+import pytest
+from conftest import Server, tiny_model_args
+
+from indexer.run import index_corpus
+from indexer.store import Document, open_store
+from models import open_encoder
+
+SECTIONS = ["python", "admin", "libs"]
+DOCS = [
+    Document(f"doc-{i}", f"Package number {i} in section {SECTIONS[i % 3]}: "
+             + ("a library for parsing data files. " * (1 + i % 4)), title=f"pkg{i}",
+             metadata={"section": SECTIONS[i % 3], "size": i})
+    for i in range(30)
+]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    store = open_store(data)
+    enc = open_encoder(str(tiny_llama), "smollm2")
+    index_corpus(DOCS, enc, store, "docs", progress=False)
+    enc.close()
+    store.close()
+    env = {"REPRANK_MAX_DOCUMENTS": "50", "REPRANK_MAX_INPUTS": "16", "REPRANK_MAX_QUEUE_TOKENS": "6000"}
+    srv = Server(["--data-dir", str(data), "--collection", "docs", *tiny_model_args(tiny_llama)], env)
+    yield srv
+    srv.stop()
+
+
+def post(server, path, payload, **kw):
+    return httpx.post(server.url + path, json=payload, timeout=60, **kw)
+
+
+def assert_error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "code"} and err["code"] == status and err["message"]
+    return err
+
+
+def test_health_ready_models(server):
+    assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(server.url + "/readyz").status_code == 200
+    models = httpx.get(server.url + "/v1/models").json()["data"]
+    assert [m["task"] for m in models] == ["embedding", "rerank"]
+    assert models[0]["dimensions"] == 64
+
+
+def test_embeddings_shapes_and_formats(server):
+    r = post(server, "/v1/embeddings", {"input": ["hello world", "a longer text about packages"],
+                                        "input_type": "query"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    vecs = np.array([d["embedding"] for d in body["data"]])
+    assert vecs.shape == (2, 64) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
+    assert body["usage"]["prompt_tokens"] > 4 and body["object"] == "list"
+
+    b64 = post(server, "/v1/embeddings", {"input": "hello world", "input_type": "query",
+                                          "encoding_format": "base64"}).json()
+    decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
+    assert np.allclose(decoded, vecs[0], atol=1e-6)
+    passage = post(server, "/v1/embeddings", {"input": "hello world"}).json()["data"][0]["embedding"]
+    assert not np.allclose(passage, vecs[0])  # query and passage templates differ
+
+
+def test_openai_client(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    out = client.embeddings.create(model=str(server_model(server)), input=["zstd compression", "yaml parser"])
+    assert len(out.data) == 2 and len(out.data[0].embedding) == 64
+
+
+def server_model(server) -> str:
+    return httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+
+
+def test_rerank_orders_scores(server):
+    docs = [d.text for d in DOCS[:8]]
+    r = post(server, "/v1/rerank", {"query": "parsing data", "documents": docs, "top_n": 5,
+                                    "return_documents": True})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    scores = [x["relevance_score"] for x in results]
+    assert len(results) == 5 and scores == sorted(scores, reverse=True)
+    assert all(docs[x["index"]] == x["document"]["text"] for x in results)
+    objs = post(server, "/v1/rerank", {"query": "parsing data", "documents": [{"text": t} for t in docs]}).json()
+    assert {x["index"] for x in objs["results"]} == set(range(8)) and "document" not in objs["results"][0]
+
+
+def test_search_rerank_filter_hybrid(server):
+    r = post(server, "/v1/search", {"query": "library for parsing", "top_k": 5, "candidates": 12})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["reranked"] and len(body["results"]) == 5
+    scores = [h["rerank_score"] for h in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert set(body["timings_ms"]) >= {"encode", "search", "rerank", "total"}
+    assert body["results"][0]["id"].startswith("doc-") and body["results"][0]["metadata"]["section"] in SECTIONS
+
+    plain = post(server, "/v1/search", {"query": "library for parsing", "top_k": 30, "rerank": False}).json()
+    ret = [h["retrieval_score"] for h in plain["results"]]
+    assert not plain["reranked"] and len(ret) == 30 and ret == sorted(ret, reverse=True)
+
+    filt = post(server, "/v1/search", {"query": "library", "top_k": 30, "rerank": False,
+                                       "filter": {"section": "admin", "size": {"gte": 10}}}).json()
+    got = {h["id"] for h in filt["results"]}
+    assert got == {d.doc_id for d in DOCS if d.metadata["section"] == "admin" and d.metadata["size"] >= 10}
+
+    hyb = post(server, "/v1/search", {"query": "pkg17", "top_k": 3, "hybrid": True, "rerank": False}).json()
+    assert hyb["results"][0]["id"] == "doc-17"  # the BM25 side finds the rare title word
+
+
+def test_error_cases(server):
+    assert_error(post(server, "/v1/search", {"query": "  "}), 400)
+    assert_error(post(server, "/v1/rerank", {"query": "", "documents": ["a"]}), 400)
+    assert_error(post(server, "/v1/rerank", {"query": "q", "documents": []}), 400)
+    assert_error(post(server, "/v1/embeddings", {"input": []}), 400)
+    assert_error(post(server, "/v1/embeddings", {"input": ["ok", ""]}), 400)
+    assert_error(post(server, "/v1/search", {"query": "q", "collection": "nope"}), 404)
+    assert_error(post(server, "/v1/embeddings", {"input": "x", "model": "text-embedding-3-small"}), 404)
+    assert_error(post(server, "/v1/rerank", {"query": "q", "documents": ["d"] * 51}), 413)
+    assert_error(post(server, "/v1/embeddings", {"input": ["x"] * 17}), 413)
+    assert_error(post(server, "/v1/search", {"query": "q", "top_k": 1000}), 413)
+    long_text = "word " * 3000
+    assert_error(post(server, "/v1/embeddings", {"input": long_text}), 413)
+    assert_error(post(server, "/v1/rerank", {"query": "q", "documents": [long_text]}), 413)
+    ok = post(server, "/v1/embeddings", {"input": long_text, "truncate": True}).json()
+    assert ok["usage"]["truncated_tokens"] > 2000 and ok["usage"]["prompt_tokens"] == 512
+    bad = httpx.post(server.url + "/v1/search", content=b'{"query": ', timeout=10,
+                     headers={"content-type": "application/json"})
+    assert_error(bad, 422)
+    assert_error(post(server, "/v1/search", {"query": 5, "top_k": "many"}), 422)
+    assert_error(post(server, "/v1/search", {"query": "q", "filter": {"section": {"nested": 1}}}), 422)
+    assert_error(httpx.get(server.url + "/v1/nothing"), 404)
+
+
+def test_queue_full_gives_429_with_retry_after(server):
+    doc = "tokens and more tokens " * 60  # ~300 tokens; 15 of them exceed the 6000-token queue
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=120) as client:
+            reqs = [client.post(server.url + "/v1/rerank", json={"query": "q", "documents": [doc] * 15})
+                    for _ in range(12)]
+            return await asyncio.gather(*reqs)
+
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
+    rejected = next(r for r in responses if r.status_code == 429)
+    assert int(rejected.headers["retry-after"]) >= 1
+    assert_error(rejected, 429)
+    assert httpx.get(server.url + "/healthz").status_code == 200  # and it keeps serving
+    assert post(server, "/v1/rerank", {"query": "q", "documents": ["d"]}).status_code == 200
+
+
+def test_metrics_exposes_stages_batches_and_errors(server):
+    post(server, "/v1/search", {"query": "library", "top_k": 3})
+    post(server, "/v1/search", {"query": ""})
+    text = httpx.get(server.url + "/metrics").text
+    for name in ["reprank_request_seconds_bucket", "reprank_stage_seconds_bucket{le=\"0.005\",stage=\"encode\"",
+                 "reprank_batch_size_bucket", "reprank_batch_tokens_bucket", "reprank_queue_depth",
+                 "reprank_errors_total", "reprank_requests_total", "reprank_rejected_total"]:
+        assert name in text, name
+    assert 'route="/v1/search",status="400"' in text
+    stages = {json.dumps(s) for s in ["encode", "search", "rerank"]}
+    assert all(f"stage={s}" in text for s in stages)
