@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="encode a corpus (BEIR corpus.jsonl[.gz], JSONL, Parquet) into a collection")
     p.add_argument("--corpus", required=True, help="corpus file, or a BEIR dataset folder")
     p.add_argument("--collection", required=True)
-    p.add_argument("--chunk-size", type=int, default=256, help="documents encoded and written per step")
+    p.add_argument("--chunk-size", type=int, default=64, help="documents encoded and written per step")
     p.add_argument("--no-progress", action="store_true")
     _common(p)
 

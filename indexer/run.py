@@ -50,7 +50,7 @@ def index_corpus(
     store: VectorStore,
     collection: str,
     *,
-    chunk_size: int = 256,
+    chunk_size: int = 64,
     total: int | None = None,
     progress: bool = True,
 ) -> IndexStats:

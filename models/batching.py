@@ -134,7 +134,7 @@ class TokenBatcher:
             for it in batch:
                 it.future.set_exception(exc)
             return
-        for it, out in zip(batch, outputs):
+        for it, out in zip(batch, outputs, strict=True):
             it.future.set_result(out)
         if self._on_batch:
             lengths = [len(it.ids) for it in batch]

@@ -103,7 +103,8 @@ def resolve(source: str) -> Source:
     )
 
 
-def _adapter_base(src: Source, base: str | None) -> Source:
+def _adapter_base(src: Source, base: str | None) -> tuple[Source, str | None]:
+    """The adapter's base model and the PEFT task type it was trained for."""
     cfg = json.loads((src.path / "adapter_config.json").read_text())
     name = base or cfg.get("base_model_name_or_path")
     if not name:
@@ -111,7 +112,7 @@ def _adapter_base(src: Source, base: str | None) -> Source:
     base_src = resolve(name)
     if base_src.kind == "peft":
         raise ModelNotFound(f"{src.path}: the base {name} is itself an adapter; merge it first")
-    return base_src
+    return base_src, cfg.get("task_type")
 
 
 def load_tokenizer(src: Source, base_src: Source | None = None):
@@ -122,9 +123,12 @@ def load_tokenizer(src: Source, base_src: Source | None = None):
     return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
-def _auto_class(head: Head):
+def _auto_class(head: Head, adapter_task: str | None = None):
+    """The class to load; for an adapter, the one it was trained on, so its weight names match."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    if head == "none" and adapter_task == "CAUSAL_LM":
+        return AutoModelForCausalLM
     return {"none": AutoModel, "score": AutoModelForSequenceClassification, "yes_no": AutoModelForCausalLM}[head]
 
 
@@ -140,7 +144,7 @@ def load(
 ) -> LoadedModel:
     """Load `source` as an encoder backbone (head "none") or a reranker (one-logit head)."""
     src = resolve(source)
-    base_src = _adapter_base(src, base) if src.kind == "peft" else None
+    base_src, task = _adapter_base(src, base) if src.kind == "peft" else (None, None)
     tokenizer = load_tokenizer(src, base_src)
     missing = [t for t in special_tokens if t not in tokenizer.get_vocab()]
     if missing:
@@ -148,7 +152,7 @@ def load(
 
     path, kwargs = (base_src or src).hf_args()
     extra = {"num_labels": 1} if head == "score" else {}
-    model = _auto_class(head).from_pretrained(path, dtype=dtype, **kwargs, **extra)
+    model = _auto_class(head, task).from_pretrained(path, dtype=dtype, **kwargs, **extra)
     if base_src is not None:
         from peft import PeftModel
 
@@ -167,9 +171,9 @@ def load(
 
 def _split(model, head: Head, tokenizer, yes_no: tuple[str, str]) -> tuple[nn.Module, nn.Linear | None]:
     """Backbone plus one linear map to a single logit (a yes/no pair becomes w_yes - w_no)."""
+    backbone = model.base_model  # the decoder stack (a bare AutoModel is its own base_model)
     if head == "none":
-        return model, None
-    backbone = model.base_model
+        return backbone, None
     if head == "score":
         return backbone, model.score
     ids = []

@@ -21,9 +21,8 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import httpx  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
 from tiny import build  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 

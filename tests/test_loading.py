@@ -1,0 +1,86 @@
+"""Loading from local disk only: HF folders, PEFT LoRA adapters merged at load (score head included),
+clear errors for hub ids and missing paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from tiny import build
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from models import open_encoder, open_reranker
+from models.errors import ModelNotFound
+from models.loading import load, resolve
+
+TEXT = "a yaml parser and emitter for python"
+LORA = {"r": 4, "lora_alpha": 8, "init_lora_weights": False,  # non-zero B, so the adapter changes outputs
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+
+
+def test_hub_ids_and_missing_paths_are_refused_with_a_download_hint(tmp_path):
+    with pytest.raises(ModelNotFound, match="huggingface-cli download castorini/repllama-v1-7b-lora-passage"):
+        resolve("castorini/repllama-v1-7b-lora-passage")
+    with pytest.raises(ModelNotFound, match="never downloads"):
+        resolve(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFound, match="not a model"):
+        resolve(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="ships no weights"):
+        open_encoder("repllama")
+
+
+def test_encoder_adapter_is_merged_at_load(tiny_llama, tmp_path):
+    torch.manual_seed(1)
+    peft_model = get_peft_model(AutoModel.from_pretrained(tiny_llama),
+                                LoraConfig(task_type="FEATURE_EXTRACTION", **LORA)).eval()
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    (adapter / "reprank.json").write_text(json.dumps({"preset": "smollm2"}))
+
+    enc = open_encoder(str(adapter))  # preset read from reprank.json, base from adapter_config.json
+    try:
+        ids, _ = enc.tokenize([TEXT], "query", False)
+        with torch.no_grad():
+            ref = peft_model(input_ids=torch.tensor(ids)).last_hidden_state[0, -1]
+            plain = AutoModel.from_pretrained(tiny_llama)(input_ids=torch.tensor(ids)).last_hidden_state[0, -1]
+        got = torch.from_numpy(enc.encode([TEXT], "query").vectors[0])
+        assert torch.cosine_similarity(got, ref, dim=0) > 0.9999
+        assert torch.cosine_similarity(got, plain, dim=0) < 0.999  # the adapter did change the model
+    finally:
+        enc.close()
+
+
+def test_reranker_adapter_with_saved_score_head(tokenizer_dir, tmp_path):
+    base = build(tmp_path / "base", AutoTokenizer.from_pretrained(tokenizer_dir), "llama", head="score")
+    torch.manual_seed(2)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", **LORA)).eval()
+    with torch.no_grad():  # a trained head differs from the base's random one
+        peft_model.base_model.model.score.modules_to_save["default"].weight.normal_()
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+
+    rr = open_reranker(str(adapter), "rankllama")
+    try:
+        ids, _ = rr.tokenize("yaml parser", [TEXT], False)
+        with torch.no_grad():
+            ref = peft_model(input_ids=torch.tensor(ids)).logits[0, 0].item()
+        assert abs(rr.score("yaml parser", [TEXT]).scores[0] - ref) <= 1e-4
+    finally:
+        rr.close()
+
+
+def test_adapter_base_can_be_overridden(tiny_llama, tmp_path):
+    peft_model = get_peft_model(AutoModel.from_pretrained(tiny_llama), LoraConfig(task_type="FEATURE_EXTRACTION",
+                                                                                  **LORA))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "meta-llama/Llama-2-7b-hf"
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelNotFound, match="Llama-2-7b-hf"):
+        load(str(adapter))
+    assert load(str(adapter), base=str(tiny_llama)).dim == 64
