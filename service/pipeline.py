@@ -91,7 +91,6 @@ class Pipeline:
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        await run_in_threadpool(self.store.count, collection)  # 404 before spending model time
         with self.metrics.timed("encode", timings):
             q = await self.embed([req.query], "query", req.truncate)
         with self.metrics.timed("search", timings):

@@ -176,3 +176,15 @@ def test_metrics_exposes_stages_batches_and_errors(server):
     assert 'route="/v1/search",status="400"' in text
     stages = {json.dumps(s) for s in ["encode", "search", "rerank"]}
     assert all(f"stage={s}" in text for s in stages)
+
+
+def test_cli_search_against_the_running_server(server):
+    import subprocess
+
+    from conftest import reprank_cmd
+
+    out = subprocess.run(reprank_cmd("search", "library for parsing", "--url", server.url, "--top-k", "3"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "reranked=True" in lines[0] and len(lines) == 2 + 3 and "doc-" in lines[2]
