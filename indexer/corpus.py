@@ -33,12 +33,18 @@ def to_document(rec: dict, where: str) -> Document:
     return Document(str(doc_id), text, str(title), metadata)
 
 
-def read_corpus(path: str | Path) -> Iterator[Document]:
+def corpus_file(path: str | Path) -> Path:
+    """The file itself, or the corpus of a BEIR dataset folder."""
     path = Path(path)
-    if path.is_dir():  # a BEIR dataset folder
+    if path.is_dir():
         path = next((p for p in (path / "corpus.jsonl", path / "corpus.jsonl.gz") if p.exists()), path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such corpus file")
+    return path
+
+
+def read_corpus(path: str | Path) -> Iterator[Document]:
+    path = corpus_file(path)
     if path.suffix == ".parquet":
         yield from _read_parquet(path)
         return
@@ -68,9 +74,7 @@ def _read_parquet(path: Path) -> Iterator[Document]:
 
 def count_documents(path: str | Path) -> int | None:
     """Cheap total for the progress bar (None when it would cost a full parse)."""
-    path = Path(path)
-    if path.is_dir():
-        path = next((p for p in (path / "corpus.jsonl", path / "corpus.jsonl.gz") if p.exists()), path)
+    path = corpus_file(path)  # cmd_index counts first: a bad path fails before any model loads
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -59,7 +59,10 @@ def index_corpus(
     start = time.perf_counter()
     bar = tqdm(total=total, unit="doc", desc=f"indexing {collection}", disable=not progress, smoothing=0.1)
     for chunk in _chunks(docs, chunk_size):
-        unique = list({d.doc_id: d for d in chunk}.values())
+        first: dict[str, Document] = {}
+        for d in chunk:
+            first.setdefault(d.doc_id, d)  # a repeated id keeps its first copy, as across chunks
+        unique = list(first.values())
         present = store.existing_doc_ids(collection, [d.doc_id for d in unique])
         todo = [d for d in unique if d.doc_id not in present]
         if todo:

@@ -9,6 +9,7 @@ unboundedly; a future cancelled before its batch runs (client gone) costs no mod
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.errors import QueueFull
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,6 +133,8 @@ class TokenBatcher:
         start = time.perf_counter()
         try:
             outputs = self._run([it.ids for it in batch])
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"model returned {len(outputs)} outputs for {len(batch)} sequences")
         except BaseException as exc:  # the request fails, the worker lives on
             for it in batch:
                 it.future.set_exception(exc)
@@ -138,9 +143,11 @@ class TokenBatcher:
             it.future.set_result(out)
         if self._on_batch:
             lengths = [len(it.ids) for it in batch]
-            self._on_batch(
-                BatchStats(len(batch), sum(lengths), len(batch) * max(lengths), time.perf_counter() - start)
-            )
+            stats = BatchStats(len(batch), sum(lengths), len(batch) * max(lengths), time.perf_counter() - start)
+            try:
+                self._on_batch(stats)
+            except Exception:  # a metrics hook must never stop the worker
+                log.exception("on_batch hook failed")
 
 
 def gather(futures: list[Future], combine: Callable[[list[Any]], Any]) -> Future:

@@ -1,0 +1,306 @@
+"""TokenBatcher and gather with a fake `run` function: the batcher is generic, no model needed."""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import CancelledError, Future, wait
+
+import pytest
+
+from models.batching import BatchStats, TokenBatcher, gather
+from models.errors import QueueFull
+
+BLOCK = -1  # a token that makes the fake run wait on a gate
+POISON = -2  # a token that makes the fake run raise
+TIMEOUT = 10
+
+
+class FakeRun:
+    """Records every batch it is given; returns each sequence as a tuple (so results name their input)."""
+
+    def __init__(self):
+        self.batches: list[list[list[int]]] = []
+        self.entered = threading.Event()  # set when a BLOCK batch is running
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, seqs: list[list[int]]) -> list[tuple]:
+        with self.lock:
+            self.batches.append([list(s) for s in seqs])
+        if any(BLOCK in s for s in seqs):
+            self.entered.set()
+            assert self.gate.wait(TIMEOUT), "gate never opened"
+        if any(POISON in s for s in seqs):
+            raise RuntimeError("poisoned batch")
+        return [tuple(s) for s in seqs]
+
+    def seen(self) -> list[list[int]]:
+        with self.lock:
+            return [s for b in self.batches for s in b]
+
+
+@pytest.fixture
+def fake():
+    f = FakeRun()
+    yield f
+    f.gate.set()
+
+
+def make(fake: FakeRun, **kw) -> TokenBatcher:
+    kw.setdefault("wait_ms", 0)
+    return TokenBatcher(fake, **kw)
+
+
+def block_worker(b: TokenBatcher, fake: FakeRun) -> Future:
+    """Park the worker inside run() so what is submitted next waits in the queue, then is taken at once."""
+    (blocker,) = b.submit([[BLOCK]])
+    assert fake.entered.wait(TIMEOUT)
+    assert b.depth == 0 and b.queued_tokens == 0
+    return blocker
+
+
+def seq(uid: int, length: int) -> list[int]:
+    """A sequence of `length` tokens whose first token identifies it."""
+    return [uid] + [7] * (length - 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_each_request_gets_its_own_results(fake, seed):
+    rng = random.Random(seed)
+    b = make(fake, max_batch_tokens=rng.choice([16, 64, 256]), max_batch_size=rng.choice([1, 3, 8, 64]),
+             wait_ms=rng.choice([0, 1, 2]))
+    n_threads, per_thread = 8, 25
+    results: dict[int, list[tuple[list[list[int]], list[Future]]]] = {}
+    start = threading.Barrier(n_threads)
+
+    def client(t: int) -> None:
+        r = random.Random(seed * 100 + t)
+        mine = []
+        start.wait()
+        for k in range(per_thread):
+            base = (t * per_thread + k) * 1000
+            seqs = [seq(base + j, r.randint(1, 40)) for j in range(r.randint(1, 6))]
+            mine.append((seqs, b.submit(seqs)))
+            if r.random() < 0.3:
+                threading.Event().wait(r.random() / 1000)
+        results[t] = mine
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    try:
+        assert len(results) == n_threads
+        n = 0
+        for mine in results.values():
+            for seqs, futures in mine:
+                assert len(futures) == len(seqs)
+                for s, f in zip(seqs, futures, strict=True):
+                    assert f.result(TIMEOUT) == tuple(s)
+                    n += 1
+        assert sorted(map(tuple, fake.seen())) == sorted(
+            tuple(s) for mine in results.values() for seqs, _ in mine for s in seqs)  # each ran exactly once
+        assert n == len(fake.seen())
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize(("max_tokens", "max_size"), [(64, 100), (100, 4), (30, 1), (1000, 1000)])
+def test_batches_respect_token_and_size_budgets(fake, max_tokens, max_size):
+    stats: list[BatchStats] = []
+    b = make(fake, max_batch_tokens=max_tokens, max_batch_size=max_size, on_batch=stats.append)
+    rng = random.Random(max_tokens)
+    try:
+        blocker = block_worker(b, fake)
+        lengths = [rng.randint(1, 40) for _ in range(120)] + [max_tokens + 5, 2 * max_tokens]  # two over-long
+        rng.shuffle(lengths)
+        futures = b.submit([seq(i + 1000, n) for i, n in enumerate(lengths)])
+        assert b.depth == len(lengths) and b.queued_tokens == sum(lengths)
+        fake.gate.set()
+        wait(futures, TIMEOUT)
+        assert blocker.result(TIMEOUT) == (BLOCK,)
+        batches = [[len(s) for s in batch] for batch in fake.batches[1:]]  # the blocker ran alone, first
+        assert sorted(n for batch in batches for n in batch) == sorted(lengths)
+        for batch in batches:
+            assert batch == sorted(batch)  # length-sorted inside a batch
+            assert len(batch) <= max_size
+            assert len(batch) * max(batch) <= max_tokens or len(batch) == 1  # padded size fits, or alone
+        for n in (max_tokens + 5, 2 * max_tokens):
+            assert [n] in batches  # an over-long sequence runs, alone
+        # taken in one go and sorted: batches follow each other in length order
+        flat = [n for batch in batches for n in batch]
+        assert flat == sorted(flat)
+        # the stats match the batches
+        assert [(s.size, s.tokens, s.padded_tokens) for s in stats[1:]] == [
+            (len(batch), sum(batch), len(batch) * max(batch)) for batch in batches]
+        assert all(s.seconds >= 0 for s in stats)
+    finally:
+        b.close()
+
+
+def test_queue_full_is_atomic_and_the_queue_drains(fake):
+    b = make(fake, max_queue_tokens=100)
+    try:
+        block_worker(b, fake)
+        queued = b.submit([seq(1, 30), seq(2, 30)]) + b.submit([seq(3, 30)])
+        assert (b.depth, b.queued_tokens) == (3, 90)
+        with pytest.raises(QueueFull) as err:
+            b.submit([seq(4, 5), seq(5, 6)])  # 90 + 11 > 100: none of it is queued
+        assert err.value.retry_after > 0 and "100" in str(err.value)
+        assert (b.depth, b.queued_tokens) == (3, 90)
+        queued += b.submit([seq(6, 4), seq(7, 6)])  # exactly at the limit fits
+        assert (b.depth, b.queued_tokens) == (5, 100)
+        with pytest.raises(QueueFull):
+            b.submit([seq(8, 1)])
+        assert (b.depth, b.queued_tokens) == (5, 100)
+
+        fake.gate.set()
+        assert [f.result(TIMEOUT)[0] for f in queued] == [1, 2, 3, 6, 7]
+        ran = {s[0] for s in fake.seen()}
+        assert not ran & {4, 5, 8}  # refused sequences never run
+        assert (b.depth, b.queued_tokens) == (0, 0)
+        # an empty queue takes even a request over the limit (else it could never run)
+        (big,) = b.submit([seq(9, 150)])
+        assert big.result(TIMEOUT)[0] == 9
+    finally:
+        b.close()
+
+
+def test_run_exception_fails_only_its_batch(fake):
+    b = make(fake, max_batch_size=2)
+    try:
+        block_worker(b, fake)
+        # sorted by length: [a, poison] form the first batch, [c, d] the second
+        a, poisoned, c, d = b.submit([seq(1, 1), [POISON, 7], seq(3, 3), seq(4, 3)])
+        fake.gate.set()
+        for f in (a, poisoned):
+            with pytest.raises(RuntimeError, match="poisoned batch"):
+                f.result(TIMEOUT)
+        assert c.result(TIMEOUT) == tuple(seq(3, 3)) and d.result(TIMEOUT) == tuple(seq(4, 3))
+        # and the worker keeps serving
+        for i in range(3):
+            assert [f.result(TIMEOUT) for f in b.submit([seq(10 + i, 2)])] == [tuple(seq(10 + i, 2))]
+        with pytest.raises(RuntimeError):
+            b.submit([[POISON]])[0].result(TIMEOUT)
+        assert b.submit([seq(20, 5)])[0].result(TIMEOUT) == tuple(seq(20, 5))
+    finally:
+        b.close()
+
+
+def test_cancelled_futures_never_run(fake):
+    b = make(fake, max_batch_size=1)
+    try:
+        block_worker(b, fake)
+        futures = b.submit([seq(i, 3) for i in range(1, 7)])
+        assert all(futures[i].cancel() for i in (1, 3, 4))
+        everything_cancelled = b.submit([seq(100, 2), seq(101, 2)])
+        assert all(f.cancel() for f in everything_cancelled)
+        fake.gate.set()
+        assert [futures[i].result(TIMEOUT)[0] for i in (0, 2, 5)] == [1, 3, 6]
+        assert all(futures[i].cancelled() for i in (1, 3, 4))
+        assert b.submit([seq(200, 1)])[0].result(TIMEOUT)[0] == 200
+        ran = [s[0] for s in fake.seen()]
+        assert sorted(ran) == [BLOCK, 1, 3, 6, 200]  # no cancelled sequence, and no empty batch
+        assert all(batch for batch in fake.batches)
+    finally:
+        b.close()
+
+
+def test_closed_batcher_refuses_submissions(fake):
+    b = make(fake)
+    f = b.submit([seq(1, 2)])[0]
+    assert f.result(TIMEOUT) == tuple(seq(1, 2))
+    b.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        b.submit([seq(2, 2)])
+
+
+def test_wrong_output_count_fails_the_batch_not_the_worker():
+    calls = []
+
+    def run(seqs):
+        calls.append(len(seqs))
+        return [len(s) for s in seqs][: 1 if len(calls) == 1 else None]
+
+    b = TokenBatcher(run, wait_ms=0)
+    try:
+        futures = b.submit([[1], [2, 2]])
+        wait(futures, 0.5)
+        assert all(f.done() for f in futures)
+        assert b.submit([[3, 3, 3]])[0].result(2) == 3  # the worker still serves
+    finally:
+        b.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gather
+
+
+def test_gather_combines_in_order():
+    futures = [Future() for _ in range(4)]
+    out = gather(futures, lambda results: results)
+    for i in (2, 0, 3):
+        futures[i].set_result(i * 10)
+        assert not out.done()
+    futures[1].set_result(10)
+    assert out.result(0) == [0, 10, 20, 30]
+    assert gather([], lambda results: ("empty", results)).result(0) == ("empty", [])
+    assert gather([futures[0]], sum).result(0) == 0  # inputs already done
+
+
+def test_gather_propagates_the_first_exception():
+    futures = [Future() for _ in range(3)]
+    out = gather(futures, lambda results: pytest.fail("combine must not run"))
+    second, third = ValueError("second"), KeyError("third")
+    futures[2].set_exception(third)
+    futures[1].set_exception(second)
+    assert not out.done()  # it waits for every input
+    futures[0].set_result(0)
+    assert out.exception(0) is second  # the first in input order
+
+
+def test_gather_exception_wins_over_cancelled_input():
+    futures = [Future() for _ in range(3)]
+    out = gather(futures, list)
+    futures[0].cancel()
+    futures[1].set_exception(ValueError("boom"))
+    futures[2].set_result(2)
+    assert isinstance(out.exception(0), ValueError)
+
+    futures = [Future() for _ in range(2)]
+    out = gather(futures, list)
+    futures[0].cancel()
+    futures[1].set_result(1)
+    assert out.cancelled()
+    with pytest.raises(CancelledError):
+        out.result(0)
+
+
+def test_cancelling_gather_cancels_pending_inputs():
+    futures = [Future() for _ in range(4)]
+    futures[0].set_result(0)
+    assert futures[1].set_running_or_notify_cancel()  # already running: cannot be cancelled
+    out = gather(futures, list)
+    assert out.cancel()
+    assert out.cancelled()
+    assert futures[0].result(0) == 0 and not futures[1].cancelled()
+    assert futures[2].cancelled() and futures[3].cancelled()
+    futures[1].set_result(1)  # finishing later does not touch the cancelled output
+    assert out.cancelled()
+
+
+def test_gather_over_batcher_cancel_skips_model_time(fake):
+    b = make(fake)
+    try:
+        block_worker(b, fake)
+        kept = gather(b.submit([seq(1, 2), seq(2, 3)]), lambda rs: [r[0] for r in rs])
+        dropped = gather(b.submit([seq(3, 2), seq(4, 4)]), lambda rs: pytest.fail("cancelled"))
+        assert dropped.cancel()  # the client went away before the worker took its sequences
+        fake.gate.set()
+        assert kept.result(TIMEOUT) == [1, 2]
+        assert b.submit([seq(5, 1)])[0].result(TIMEOUT)[0] == 5
+        assert not {3, 4} & {s[0] for s in fake.seen()}
+    finally:
+        b.close()
