@@ -17,6 +17,23 @@ from models.batching import BatchStats, TokenBatcher
 from models.loading import LoadedModel
 
 
+def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, lengths) of a right-padded batch."""
+    lengths = torch.tensor([len(s) for s in seqs], device=device)
+    width = int(lengths.max())
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    return ids, mask, lengths
+
+
+def gather_last(hidden: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """hidden [B, T, H] at each row's last k real positions -> [B, k, H] (differentiable: training uses it)."""
+    pos = lengths[:, None] - k + torch.arange(k, device=hidden.device)[None, :]
+    return hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.shape[-1]))
+
+
 class ModelRuntime:
     def __init__(
         self,
@@ -47,16 +64,9 @@ class ModelRuntime:
     @torch.inference_mode()
     def last_states(self, seqs: list[list[int]], k: int) -> torch.Tensor:
         """Final-layer hidden states at the last `k` real positions of each sequence: [B, k, H]."""
-        device = self.model.device
-        lengths = torch.tensor([len(s) for s in seqs], device=device)
-        width = int(lengths.max())
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=device)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+        ids, mask, lengths = pad_right(seqs, self.pad_id, self.model.device)
         hidden = self.model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-        pos = lengths[:, None] - k + torch.arange(k, device=device)[None, :]
-        return hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        return gather_last(hidden, lengths, k)
 
     def close(self) -> None:
         self.batcher.close()
