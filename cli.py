@@ -1,4 +1,4 @@
-"""`reprank index | serve | search`: every flag maps onto service.settings.Settings (env REPRANK_*)."""
+"""`reprank index | serve | search | eval | train`: every model/store flag maps onto service.settings.Settings (env REPRANK_*)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"section": "python"}\'')
     p.add_argument("--url", help="ask a running server (e.g. http://127.0.0.1:8000) instead of loading models here")
     _common(p)
+
+    p = sub.add_parser("eval", help="nDCG@10, MRR@10, Recall@100 of bm25, dense, hybrid (+ rerank) on a BEIR dataset")
+    p.add_argument("--dataset", required=True, help="BEIR folder: corpus.jsonl[.gz], queries.jsonl[.gz], qrels/")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--output", help="JSON {pipeline: {metric: value}}; TREC run files are written beside it")
+    p.add_argument("--collection", help="default: derived from dataset, encoder and preset (reused if complete)")
+    p.add_argument("--pipelines", nargs="+", help="default: bm25 dense hybrid dense+rerank hybrid+rerank")
+    p.add_argument("--max-queries", type=int, help="the first N queries of the split")
+    p.add_argument("--candidates", type=int, default=100, help="retrieved per query (Recall@100 needs 100)")
+    p.add_argument("--rerank-depth", type=int, default=20, help="top candidates the reranker rescores")
+    p.add_argument("--no-progress", action="store_true")
+    _common(p)
+
+    from models.train import add_parsers
+
+    add_parsers(sub, _common)
     return parser
 
 
@@ -152,6 +168,66 @@ async def _search_here(args, body: dict) -> dict:
         store.close()
 
 
+def cmd_eval(args) -> int:
+    from indexer.evaluate import PIPELINES, evaluate, format_table, write_outputs
+    from indexer.store import open_store
+    from models import open_encoder, open_reranker
+
+    s = settings_from(args)
+    kw = dict(base=s.base, device=s.torch_device(), dtype=s.torch_dtype(), max_batch_tokens=s.batch_tokens(),
+              max_batch_size=s.max_batch_size)
+    pipelines = tuple(args.pipelines or PIPELINES)
+    rerank = s.reranker != "none" and any(p.endswith("+rerank") for p in pipelines)
+    store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
+    encoder = reranker = None
+    try:
+        encoder = open_encoder(s.model, s.model_preset, **kw)
+        reranker = open_reranker(s.reranker, s.reranker_preset, **kw) if rerank else None
+        metrics, runs, info = evaluate(
+            args.dataset, args.split, encoder, reranker, store, collection=args.collection,
+            pipelines=pipelines, max_queries=args.max_queries, candidates=args.candidates,
+            rerank_depth=args.rerank_depth, progress=not args.no_progress)
+    finally:
+        for model in (encoder, reranker):
+            if model is not None:
+                model.close()
+        store.close()
+    print(format_table(metrics, info))
+    if args.output:
+        print("wrote " + ", ".join(str(p) for p in write_outputs(args.output, metrics, runs)))
+    return 0
+
+
+def cmd_train(args) -> int:
+    import importlib
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.recipe != "mine":
+        return importlib.import_module(f"models.train.{args.recipe}").run(args)
+
+    from indexer.store import open_store
+    from models import open_encoder
+    from models.train.mine import mine
+
+    s = settings_from(args)
+    store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
+    encoder = None
+    try:
+        encoder = open_encoder(s.model, s.model_preset, base=s.base, device=s.torch_device(), dtype=s.torch_dtype(),
+                               max_batch_tokens=s.batch_tokens(), max_batch_size=s.max_batch_size)
+        mine(args.dataset, encoder, store, args.output, limit_queries=args.limit_train_queries,
+             corpus_limit=args.corpus_limit, depth=args.depth, method=args.method, seed=args.seed,
+             collection=args.collection, progress=not args.no_progress)
+    finally:
+        if encoder is not None:
+            encoder.close()
+        store.close()
+    return 0
+
+
 def _print_table(result: dict) -> None:
     print(f"collection {result['collection']}  reranked={result['reranked']}  timings_ms={result['timings_ms']}")
     print(f"{'#':>2}  {'score':>8}  {'retrieval':>9}  {'id':<14}  text")
@@ -162,6 +238,7 @@ def _print_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in a trained adapter's train_args.json
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from indexer.corpus import CorpusError
@@ -170,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     from service.errors import ApiError
 
     try:
-        return {"index": cmd_index, "serve": cmd_serve, "search": cmd_search}[args.command](args)
+        commands = {"index": cmd_index, "serve": cmd_serve, "search": cmd_search, "eval": cmd_eval, "train": cmd_train}
+        return commands[args.command](args)
     except (ModelNotFound, StoreError, CorpusError, InputTooLong, ApiError, KeyError, ValueError) as e:
         print(f"reprank: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

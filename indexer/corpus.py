@@ -2,7 +2,8 @@
 
 Fields: `_id` or `id` (required, any scalar, kept as a string), `text` (required, non-empty), and
 optional `title` and `metadata` (an object). A bad record stops the run with its line number rather
-than indexing a silent hole.
+than indexing a silent hole. A BEIR dataset folder also has `queries.jsonl[.gz]` and
+`qrels/{split}.tsv`, read here for evaluation and training.
 """
 
 from __future__ import annotations
@@ -82,3 +83,46 @@ def count_documents(path: str | Path) -> int | None:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         return sum(1 for line in f if line.strip())
+
+
+def _dataset_file(dataset: str | Path, name: str) -> Path:
+    """`name` or `name.gz` inside a BEIR dataset folder."""
+    for path in (Path(dataset) / name, Path(dataset) / f"{name}.gz"):
+        if path.is_file():
+            return path
+    raise CorpusError(f"{dataset}: no {name}[.gz]")
+
+
+def read_queries(dataset: str | Path, ids: set[str] | None = None) -> dict[str, str]:
+    """BEIR `queries.jsonl[.gz]` -> {query id: text}, only the `ids` asked for when given."""
+    path = _dataset_file(dataset, "queries.jsonl")
+    opener = gzip.open if path.suffix == ".gz" else open
+    out = {}
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            qid = str(rec.get("_id", rec.get("id", "")))
+            if not qid or not isinstance(rec.get("text"), str):
+                raise CorpusError(f"{path}:{n}: a query needs `_id` and `text`")
+            if ids is None or qid in ids:
+                out[qid] = rec["text"]
+    return out
+
+
+def read_qrels(dataset: str | Path, split: str) -> dict[str, dict[str, int]]:
+    """BEIR `qrels/{split}.tsv` (header line, then `query-id corpus-id score`) -> {qid: {doc id: grade}}."""
+    path = Path(dataset) / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such qrels file")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            cols = line.rstrip("\n").split("\t")
+            if n == 1 and not cols[-1].lstrip("-").isdigit():
+                continue  # the header
+            if len(cols) != 3:
+                raise CorpusError(f"{path}:{n}: expected 3 tab-separated columns")
+            qrels.setdefault(cols[0], {})[cols[1]] = int(cols[2])
+    return qrels

@@ -6,11 +6,16 @@ chunk first asks the store which of its documents are already there and encodes 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from indexer.store import Document, VectorStore
@@ -42,6 +47,27 @@ def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
 
 def collection_info(encoder) -> dict:
     return {"model": encoder.model.source, "preset": encoder.preset.name}
+
+
+def encode_queries(encoder, texts: list[str], chunk_size: int = 256) -> np.ndarray:
+    """Query vectors in chunks, so a long list never overflows the batcher's bounded queue."""
+    parts = [encoder.encode(texts[i : i + chunk_size], "query", truncate=True).vectors
+             for i in range(0, len(texts), chunk_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+
+
+def derived_collection(prefix: str, dataset: str | Path, encoder, *extra) -> str:
+    """A collection name for (dataset, encoder, extra): reused while they are the same, new otherwise.
+
+    A local model folder counts with its files' sizes and times, so retraining an adapter in place
+    gets a fresh collection instead of silently reusing the old vectors.
+    """
+    source = Path(encoder.model.source)
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source.iterdir()
+                   if f.is_file()) if source.is_dir() else []
+    key = json.dumps([str(Path(dataset).resolve()), encoder.model.source, encoder.preset.name, files, *extra])
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(Path(dataset).resolve().parts[-2:]))[-24:].strip("-._")
+    return f"{prefix}-{name}-{encoder.preset.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def index_corpus(

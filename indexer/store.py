@@ -103,6 +103,7 @@ class VectorStore(Protocol):
         *,
         hybrid_text: str | None = None,
     ) -> list[Hit]: ...
+    def query_bm25(self, name: str, text: str, limit: int, filter: dict | None = None) -> list[Hit]: ...
     def optimize(self, name: str) -> bool: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
@@ -414,6 +415,21 @@ class EdgeStore:
             with self._errors(name):
                 return _hits(shard.query(request))
 
+    def query_bm25(self, name: str, text: str, limit: int, filter: dict | None = None) -> list[Hit]:
+        """BM25 alone over the stored sparse vectors: the lexical baseline of `reprank eval`."""
+        _check_limit(limit)
+        flt = _edge_filter(parse_filter(filter))
+        sparse = _bm25().embed_query(text)
+        with self._lock:
+            shard, _ = self._shard(name)
+            if not len(sparse.indices):  # only stopwords: nothing can match
+                return []
+            request = edge.QueryRequest(
+                limit=limit, query=edge.Query.Nearest(sparse, using=SPARSE), filter=flt, with_payload=True
+            )
+            with self._errors(name):
+                return _hits(shard.query(request))
+
     def optimize(self, name: str) -> bool:
         """Build the HNSW index where segments are big enough (small shards stay brute force)."""
         with self._lock:
@@ -602,6 +618,20 @@ class ServerStore:
                 response = self._client.query_points(
                     name, query=dense, using=DENSE, query_filter=flt, limit=limit, with_payload=True
                 )
+        return _hits(response.points)
+
+    def query_bm25(self, name: str, text: str, limit: int, filter: dict | None = None) -> list[Hit]:
+        """BM25 alone over the stored sparse vectors: the lexical baseline of `reprank eval`."""
+        _check_limit(limit)
+        flt = _server_filter(parse_filter(filter))
+        self._dim(check_name(name))  # a missing collection fails the same way as for any query
+        sparse = _bm25().embed_query(text)
+        if not len(sparse.indices):
+            return []
+        with self._errors(name):
+            response = self._client.query_points(
+                name, query=_server_sparse(sparse), using=SPARSE, query_filter=flt, limit=limit, with_payload=True
+            )
         return _hits(response.points)
 
     def optimize(self, name: str) -> bool:

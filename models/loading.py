@@ -120,7 +120,27 @@ def load_tokenizer(src: Source, base_src: Source | None = None):
 
     own = src.kind == "peft" and any((src.path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
     path, kwargs = (src if own or base_src is None else base_src).hf_args()
-    return AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    meta = src.path / "reprank.json" if src.kind == "peft" else None
+    added = json.loads(meta.read_text()).get("added_tokens") if meta and meta.exists() else None
+    if added and not own:
+        add_tokens(tokenizer, list(added), expect=added, where=str(src.path))
+    return tokenizer
+
+
+def add_tokens(tokenizer, tokens: list[str], expect: dict[str, int] | None = None, where: str = "") -> dict[str, int]:
+    """Add special tokens the base lacks (LLaRA's <s1>..<s16>), in order; return {token: id}.
+
+    A trained adapter lists them with their ids in its reprank.json and holds only their embedding
+    rows, rather than a 3.5 MB copy of the tokenizer; `expect` checks the ids came out the same.
+    """
+    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    ids = dict(zip(tokens, tokenizer.convert_tokens_to_ids(tokens), strict=True))
+    if expect is not None and ids != expect:
+        raise ModelNotFound(f"{where}: the added tokens got ids {ids}, not {expect}: wrong base tokenizer?")
+    return ids
 
 
 def _auto_class(head: Head, adapter_task: str | None = None):

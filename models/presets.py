@@ -84,6 +84,16 @@ ENCODERS: dict[str, EncoderPreset] = {
             passage_template=("passage: {text}", "<eos>"),
             default_model=BUNDLED_SMOLLM2,
         ),
+        EncoderPreset(
+            name="smollm2-llara",
+            description="bundled SmolLM2 with LLaRA's prompts and pooling; no BOS (a chat marker there), "
+            "and <s1>..<s16> are 16 tokens added by `reprank train llara` (its adapter ships them)",
+            query_template=_llara("predict the following passage", 9)[1:],
+            passage_template=_llara("summarize the above passage", 1)[1:],
+            pool_last=8,
+            max_length=512 + 21,
+            special_tokens=tuple(f"<s{i}>" for i in range(1, 17)),
+        ),
     ]
 }
 
@@ -120,6 +130,13 @@ RERANKERS: dict[str, RerankerPreset] = {
             head="yes_no",
             activation="sigmoid",
             default_model=BUNDLED_SMOLLM2,
+        ),
+        RerankerPreset(
+            name="smollm2-rankllama",
+            description="RankLLaMA's pair encoding for the bundled SmolLM2, trained by `reprank train "
+            "reranker`: 'query: q document: d' (no BOS, no EOS), raw logit of the score head",
+            template=("query: {query}", " document: {document}"),
+            head="score",
         ),
     ]
 }

@@ -167,6 +167,17 @@ def test_hybrid_puts_the_rare_word_on_top(filled):
     }
 
 
+def test_bm25_only_query(filled):
+    hits = filled.query_bm25("docs", "xylophone", limit=12)
+    assert [h.doc_id for h in hits] == ["d7"]  # only d7 has the word, whatever the dense vectors say
+    assert hits[0].payload["title"] == "Title 7" and hits[0].score > 0
+    assert len(filled.query_bm25("docs", "passage retrieval", limit=5)) == 5
+    assert filled.query_bm25("docs", "the of", limit=5) == []  # stopwords only
+    assert filled.query_bm25("docs", "xylophone", limit=5, filter={"section": "python"}) == []
+    with pytest.raises(CollectionNotFound):
+        filled.query_bm25("missing", "xylophone", limit=5)
+
+
 def test_unknown_collection(store):
     for call in (
         lambda: store.count("missing"),

@@ -53,3 +53,32 @@ def build(folder: Path, tokenizer, arch: str = "llama", head: str = "none", seed
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+WORDS = ["xylophone", "zeppelin", "quasar", "nebula", "walrus", "kumquat", "origami", "tundra", "bagpipe",
+         "jalapeno", "hammock", "igloo", "lantern", "marimba", "narwhal", "obelisk"]
+
+
+def write_beir(folder: Path, n_docs: int = 12, train: int = 8, dev: int = 4) -> Path:
+    """A tiny BEIR dataset where lexical matching is perfect: query i is the one rare word of doc i.
+
+    Documents have three sentences (LLaRA's EBAR needs a next one); queries 0..train-1 are train,
+    the next `dev` are dev (their ids start with "dev" so a test can spot any leak).
+    """
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "qrels").mkdir(exist_ok=True)
+    with open(folder / "corpus.jsonl", "w") as f:
+        for i in range(n_docs):
+            text = (f"This package provides the {WORDS[i]} toolkit for number {i}. It is written in a small "
+                    f"language for demos. Install it to test the {WORDS[i]} features.")
+            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": text}) + "\n")
+    ids = [f"q{i}" for i in range(train)] + [f"dev{i}" for i in range(train, train + dev)]
+    with open(folder / "queries.jsonl", "w") as f:
+        for i, qid in enumerate(ids):
+            f.write(json.dumps({"_id": qid, "text": WORDS[i]}) + "\n")
+    for split, part in (("train", ids[:train]), ("dev", ids[train:])):
+        rows = [f"{q}\td{ids.index(q)}\t1" for q in part]
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    return folder

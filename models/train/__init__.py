@@ -1,0 +1,79 @@
+"""Training recipes (`reprank train llara | retriever | reranker | mine`); see RECIPES.md beside this file.
+
+Only the command-line flags live here, so `reprank --help` does not import torch; each recipe module
+has a `run(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+RECIPES = {
+    "llara": "LLaRA adaptation on the train side of the corpus: EBAE + EBAR bag-of-tokens (+ AR) losses",
+    "retriever": "contrastive encoder training: InfoNCE over in-batch and hard negatives",
+    "reranker": "RankLLaMA-style score head + LoRA: softmax cross-entropy over 1 positive + hard negatives",
+}
+
+
+def _shared(p: argparse.ArgumentParser, *, lr: float, batch_size: int, passage_max_length: int) -> None:
+    p.add_argument("--dataset", required=True, help="BEIR folder; only qrels/train.tsv is read")
+    p.add_argument("--output-dir", required=True, help="adapter folder; checkpoints go in checkpoint-STEP/")
+    p.add_argument("--base", help="base model as loading.resolve accepts it (default: the --init adapter's base, "
+                   "else bundled:smollm2); written as given into adapter_config.json")
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=batch_size, help="queries (or texts) per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup-steps", type=int, default=10)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, help="default 2 x r")
+    p.add_argument("--lora-dropout", type=float, default=0.1)
+    p.add_argument("--query-max-length", type=int, default=32, help="tokens, template included")
+    p.add_argument("--passage-max-length", type=int, default=passage_max_length, help="tokens, template included")
+    p.add_argument("--limit-train-queries", type=int, help="a seeded sample of the train queries (CPU runs)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--save-every", type=int, default=25, help="steps between checkpoints")
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+
+
+def add_parsers(sub, common_flags) -> None:
+    """`reprank train ...` under the top-level subparsers; common_flags adds cli's model/store flags."""
+    p = sub.add_parser("train", help="train LoRA adapters (llara, retriever, reranker) and mine hard negatives")
+    recipes = p.add_subparsers(dest="recipe", required=True)
+
+    r = recipes.add_parser("llara", help=RECIPES["llara"])
+    _shared(r, lr=1e-4, batch_size=16, passage_max_length=96)
+    r.add_argument("--preset", default="smollm2-llara", help="an LLaRA-shaped encoder preset")
+    r.add_argument("--ar-weight", type=float, default=1.0, help="weight of the next-token loss on the text")
+
+    r = recipes.add_parser("retriever", help=RECIPES["retriever"])
+    _shared(r, lr=1e-4, batch_size=8, passage_max_length=128)
+    r.add_argument("--init", help="adapter to continue (e.g. the llara output); its LoRA rank is kept")
+    r.add_argument("--preset", help="encoder preset (default: the --init adapter's, else smollm2)")
+    r.add_argument("--hard-negatives", help="JSONL from `reprank train mine`")
+    r.add_argument("--group-size", type=int, default=4, help="1 positive + N-1 negatives per query")
+    r.add_argument("--temperature", type=float, default=0.01)
+
+    r = recipes.add_parser("reranker", help=RECIPES["reranker"])
+    _shared(r, lr=1e-4, batch_size=4, passage_max_length=160)
+    r.add_argument("--preset", default="smollm2-rankllama", help="a score-head reranker preset")
+    r.add_argument("--hard-negatives", help="JSONL from `reprank train mine` with the trained retriever")
+    r.add_argument("--group-size", type=int, default=8, help="1 positive + N-1 negatives per query")
+
+    r = recipes.add_parser("mine", help="hard negatives: train queries against the train side of the corpus, "
+                           "through the project's own index (positives dropped)")
+    r.add_argument("--dataset", required=True)
+    r.add_argument("--output", required=True, help="JSONL file of {query_id, negatives}")
+    r.add_argument("--limit-train-queries", type=int, help="same seeded sample as the training run")
+    r.add_argument("--corpus-limit", type=int, help="index the positives plus random train documents up to this")
+    r.add_argument("--depth", type=int, default=30, help="negatives kept per query")
+    r.add_argument("--method", choices=("dense", "hybrid", "bm25"), default="dense")
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--collection", help="default: derived from dataset, encoder and the pool")
+    r.add_argument("--threads", type=int)
+    r.add_argument("--no-progress", action="store_true")
+    common_flags(r)

@@ -1,0 +1,241 @@
+"""The one training loop the three recipes share, and the adapter folder it exports.
+
+- seeded (python, numpy, torch) and thread-limited; each batch is a function of (seed, micro-step);
+- LoRA on the 7 projections, plus the embedding rows of tokens a preset adds (PEFT trainable
+  tokens: only those rows are stored, not the 49k-row matrix);
+- AdamW, linear warmup then decay, gradient accumulation, gradient clipping;
+- `checkpoint-STEP/` every --save-every steps with the adapter (fp32), optimizer, scheduler, step and
+  RNG states, so --resume continues exactly where the run stopped;
+- the output folder: fp16 adapter weights (a few MB), adapter_config.json naming the base *as given*
+  ("bundled:smollm2"), reprank.json (preset, added tokens) and train_args.json (command, seed,
+  hyperparameters), which open_encoder / open_reranker load like any adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from models.loading import add_tokens, load_tokenizer, resolve
+
+log = logging.getLogger("reprank.train")
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MAX_GRAD_NORM = 1.0
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class Trainable:
+    model: torch.nn.Module  # a PeftModel
+    tokenizer: object
+    pad_id: int
+    added_tokens: dict[str, int]  # tokens this adapter adds to the base vocabulary, with their ids
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The decoder stack (LoRA layers inside), returning last_hidden_state as at serving time."""
+        return self.model.get_base_model().base_model
+
+
+def setup(args) -> None:
+    """Seed, thread count, output folder; refuse to mix a new run into an old run's checkpoints."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    out = Path(args.output_dir)
+    if checkpoints(out) and not args.resume:
+        raise ValueError(f"{out} has checkpoints: pass --resume to continue that run, or use a new --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str, ...] = ()) -> Trainable:
+    """The base model with a fresh LoRA, or with the --init adapter loaded trainable (continued)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    init = getattr(args, "init", None)
+    init_src = resolve(init) if init else None
+    if init_src is not None and init_src.kind != "peft":
+        raise ValueError(f"--init {init}: not an adapter folder (adapter_config.json)")
+    if args.base is None:  # an --init adapter names its own base; else the bundled model
+        cfg = json.loads((init_src.path / "adapter_config.json").read_text()) if init_src else {}
+        args.base = cfg.get("base_model_name_or_path") or "bundled:smollm2"
+    base_src = resolve(args.base)
+    if base_src.kind == "peft":
+        raise ValueError(f"--base {args.base} is an adapter; pass it as --init to continue training it")
+
+    tokenizer = load_tokenizer(init_src or base_src, base_src if init_src else None)
+    path, kwargs = base_src.hf_args()
+    if head == "score":
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32, **kwargs)
+    else:  # encoders train as causal LMs: LLaRA needs the LM head, and the retriever continues LLaRA's adapter
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    rows = model.get_input_embeddings().weight.shape[0]
+    ids = add_tokens(tokenizer, list(special_tokens)) if special_tokens else {}
+    added = {t: i for t, i in ids.items() if i >= rows}
+    if added:
+        model.resize_token_embeddings(len(tokenizer))  # new rows drawn from the seeded RNG
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_id
+
+    if init_src is not None:
+        model = PeftModel.from_pretrained(model, str(init_src.path), is_trainable=True)
+        log.info("continuing adapter %s (its LoRA rank %s)", init, model.peft_config["default"].r)
+    else:
+        model = get_peft_model(model, LoraConfig(
+            task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM",  # SEQ_CLS also saves the score head
+            r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_dropout=args.lora_dropout,
+            target_modules=list(LORA_TARGETS), trainable_token_indices=sorted(added.values()) or None,
+        ))
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("base %s, %d trainable parameters, %d added tokens", args.base, n, len(added))
+    return Trainable(model, tokenizer, pad_id, added)
+
+
+def fit(t: Trainable, loss_fn: Callable[[int], torch.Tensor], args) -> list[float]:
+    """Run steps up to --max-steps (from the latest checkpoint with --resume); returns each step's loss.
+
+    `loss_fn(micro_step)` gives the loss of one micro-batch; a step averages --grad-accum of them.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    out = Path(args.output_dir)
+    params = [p for p in t.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, args.warmup_steps, args.max_steps)
+    start = _restore(ckpts[-1], t.model, opt, sched) if args.resume and (ckpts := checkpoints(out)) else 0
+    if start:
+        log.info("resumed from %s at step %d", ckpts[-1].name, start)
+    losses = []
+    t.model.train()
+    with open(out / "train_log.jsonl", "a", encoding="utf-8") as logf:
+        for step in range(start, args.max_steps):
+            began = time.perf_counter()
+            total = 0.0
+            for micro in range(args.grad_accum):
+                loss = loss_fn(step * args.grad_accum + micro) / args.grad_accum
+                loss.backward()
+                total += loss.item()
+            norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(total)
+            rec = {"step": step + 1, "loss": round(total, 6), "lr": sched.get_last_lr()[0],
+                   "grad_norm": round(float(norm), 4), "seconds": round(time.perf_counter() - began, 2)}
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            if (step + 1) % args.log_every == 0 or step + 1 == args.max_steps:
+                log.info("step %d/%d  loss %.4f  lr %.2e  %.1f s/step", step + 1, args.max_steps, total,
+                         rec["lr"], rec["seconds"])
+            if (step + 1) % args.save_every == 0 or step + 1 == args.max_steps:
+                _save_checkpoint(out, step + 1, t.model, opt, sched, args.keep_checkpoints)
+    t.model.eval()
+    return losses
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints (trainer_state.pt is written last), oldest first."""
+    found = [(int(m.group(1)), p) for p in out.glob("checkpoint-*")
+             if (m := _CKPT.match(p.name)) and (p / "trainer_state.pt").exists()] if out.is_dir() else []
+    return [p for _, p in sorted(found)]
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _save_checkpoint(out: Path, step: int, model, opt, sched, keep: int) -> None:
+    tmp = out / f".checkpoint-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, save_embedding_layers=False)
+    state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()}
+    torch.save(state, tmp / "trainer_state.pt")
+    final = out / f"checkpoint-{step}"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in checkpoints(out)[:-keep]:
+        shutil.rmtree(old)
+
+
+def _restore(ckpt: Path, model, opt, sched) -> int:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)  # our own file: RNG states are tuples
+    result = set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{ckpt}: checkpoint does not match the model: {result.unexpected_keys[:3]}")
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state["step"]
+
+
+def export(t: Trainable, args, preset: str, losses: list[float]) -> Path:
+    """Write the servable adapter folder (see the module docstring) into --output-dir."""
+    from safetensors.torch import load_file, save_file
+
+    out = Path(args.output_dir)
+    t.model.peft_config["default"].base_model_name_or_path = args.base  # as given, e.g. "bundled:smollm2"
+    t.model.save_pretrained(out, save_embedding_layers=False)
+    weights = out / "adapter_model.safetensors"
+    half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    save_file(half, weights, metadata={"format": "pt"})
+    (out / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
+    meta = {"preset": preset, **({"added_tokens": t.added_tokens} if t.added_tokens else {})}
+    (out / "reprank.json").write_text(json.dumps(meta, indent=1) + "\n")
+    record = {
+        "command": "reprank " + shlex.join(getattr(args, "argv", [])),
+        "seed": args.seed,
+        "preset": preset,
+        "base": args.base,
+        "args": {k: v for k, v in vars(args).items() if k not in ("argv", "func") and _jsonable(v)},
+        "lora": {k: getattr(t.model.peft_config["default"], k) for k in ("r", "lora_alpha", "lora_dropout")}
+        | {"target_modules": sorted(t.model.peft_config["default"].target_modules)},
+        "trainable_parameters": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
+        "final_loss": losses[-1] if losses else None,
+        "adapter_bytes": weights.stat().st_size,
+        "git_commit": _git_commit(),
+        "versions": {"torch": torch.__version__, **_versions("transformers", "peft")},
+    }
+    (out / "train_args.json").write_text(json.dumps(record, indent=1) + "\n")
+    log.info("adapter written to %s (%.1f MB)", out, weights.stat().st_size / 1e6)
+    return out
+
+
+def _jsonable(v) -> bool:
+    return isinstance(v, str | int | float | bool | type(None) | list)
+
+
+def _versions(*names: str) -> dict:
+    import importlib.metadata as md
+
+    return {n: md.version(n) for n in names}
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        return None

@@ -1,0 +1,63 @@
+"""`reprank eval` on a tiny BEIR set with a tiny random model: the five pipelines through the real
+store and reranker, metrics from ir-measures, TREC runs beside the JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import tiny_model_args
+from tiny import write_beir
+
+from cli import main
+from indexer.evaluate import MEASURES, PIPELINES, score_run
+from indexer.store import EdgeStore
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_beir(tmp_path_factory.mktemp("beir"), n_docs=16, train=8, dev=8)
+
+
+def test_eval_reports_every_pipeline_and_bm25_is_perfect(dataset, tiny_llama, tmp_path, capsys):
+    out = tmp_path / "results" / "eval.json"
+    args = ["eval", "--dataset", str(dataset), "--data-dir", str(tmp_path / "data"), "--output", str(out),
+            "--rerank-depth", "5", "--no-progress", *tiny_model_args(tiny_llama)]
+    assert main(args) == 0
+    metrics = json.loads(out.read_text())
+    assert list(metrics) == list(PIPELINES)
+    for values in metrics.values():
+        assert set(values) == set(MEASURES) and all(0.0 <= v <= 1.0 for v in values.values())
+    # each dev query is the one rare word of its document: a wired-up metric gives BM25 exactly 1
+    assert metrics["bm25"] == {"ndcg@10": 1.0, "mrr@10": 1.0, "recall@100": 1.0}
+    assert metrics["dense+rerank"]["recall@100"] == metrics["dense"]["recall@100"] == 1.0  # 16 docs < 100
+    printed = capsys.readouterr().out
+    assert "hybrid+rerank" in printed and "8 queries" in printed
+
+    for name in PIPELINES:
+        lines = (out.parent / f"eval.{name}.trec").read_text().splitlines()
+        assert len(lines) == 8 * (1 if name == "bm25" else 16)  # BM25 finds only the doc with the word
+        qid, q0, doc, rank, score, tag = lines[0].split()
+        assert q0 == "Q0" and rank == "1" and tag == f"reprank-{name}" and qid.startswith("dev")
+
+    # the second run reuses the complete collection, and --reranker none drops the rerank pipelines
+    args[args.index("--reranker") + 1] = "none"
+    assert main(args + ["--max-queries", "3"]) == 0
+    assert list(json.loads(out.read_text())) == ["bm25", "dense", "hybrid"]
+    store = EdgeStore(tmp_path / "data")
+    assert len(store.list_collections()) == 1 and store.count(store.list_collections()[0]) == 16
+    store.close()
+
+
+def test_a_query_with_no_result_counts_as_zero():
+    qrels = {"a": {"d1": 1}, "b": {"d2": 1}}
+    assert score_run({"a": ["d1", "d3"], "b": []}, qrels) == {"ndcg@10": 0.5, "mrr@10": 0.5, "recall@100": 0.5}
+    assert score_run({"a": ["d3", "d1"]}, qrels)["mrr@10"] == 0.25
+
+
+def test_unknown_pipeline_is_refused(dataset, tiny_llama, tmp_path, capsys):
+    assert main(["eval", "--dataset", str(dataset), "--data-dir", str(tmp_path), "--pipelines", "splade",
+                 "--reranker", "none", "--model", str(tiny_llama), "--model-preset", "smollm2"]) == 2
+    assert "unknown pipelines ['splade']" in capsys.readouterr().err

@@ -1,0 +1,192 @@
+"""Training recipes on a tiny random Llama and a tiny BEIR set: loss goes down, checkpoints resume
+exactly, the output adapters load through open_encoder / open_reranker, dev qrels are never read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from tiny import write_beir
+
+from cli import main
+from indexer.store import Document
+from models import open_encoder, open_reranker
+from models.train import data as train_data
+from models.train.data import batch_indices, select_queries, sentences
+from models.train.llara import Layout, llara_states
+
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::FutureWarning")]
+
+TEXTS = ["a yaml parser and emitter for python", "tool to burn CDs and DVDs. It has a GUI."]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_beir(tmp_path_factory.mktemp("beir"))
+
+
+def fixed_groups(dataset: Path, tmp_path: Path) -> list[str]:
+    """Flags for 4 train queries, all in every batch, each with one fixed negative that is no other
+    query's positive: every step sees the same 8 distinct passages, so the loss curve is learning only."""
+    chosen = select_queries(train_data.read_qrels(dataset, "train"), 4, 3)
+    others = [f"d{i}" for i in range(8) if f"q{i}" not in chosen]
+    path = tmp_path / "negatives.jsonl"
+    path.write_text("".join(json.dumps({"query_id": q, "negatives": [d]}) + "\n" for q, d in zip(chosen, others, strict=True)))
+    return ["--limit-train-queries", "4", "--batch-size", "4", "--group-size", "2", "--hard-negatives", str(path)]
+
+
+def train(recipe: str, dataset: Path, out: Path, base: Path | None, *extra: str) -> list[float]:
+    args = ["train", recipe, "--dataset", str(dataset), "--output-dir", str(out),
+            *(["--base", str(base)] if base else []), "--lora-r", "4", "--lora-dropout", "0", "--lr", "1e-2", "--warmup-steps", "0", "--log-every", "100",
+            "--seed", "3", *extra]
+    assert main(args) == 0
+    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def decreases(losses: list[float], k: int = 4) -> bool:
+    return np.mean(losses[:k]) > np.mean(losses[-k:])
+
+
+def lora_b_is_trained(folder: Path) -> bool:
+    with safe_open(folder / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in keys)  # exported in fp16: a few MB
+        return any("lora_B" in k and f.get_tensor(k).abs().sum() > 0 for k in keys)
+
+
+@pytest.fixture(scope="module")
+def llara_adapter(dataset, tiny_llama, tmp_path_factory) -> tuple[Path, list[float]]:
+    out = tmp_path_factory.mktemp("llara")
+    return out, train("llara", dataset, out, tiny_llama, "--max-steps", "14", "--batch-size", "8")
+
+
+def test_llara_learns_and_its_states_are_the_served_embeddings(llara_adapter, tiny_llama):
+    out, losses = llara_adapter
+    assert decreases(losses), losses
+    meta = json.loads((out / "reprank.json").read_text())
+    assert meta["preset"] == "smollm2-llara" and list(meta["added_tokens"]) == [f"<s{i}>" for i in range(1, 17)]
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama)
+    record = json.loads((out / "train_args.json").read_text())
+    assert record["seed"] == 3 and record["command"].startswith("reprank train llara --dataset")
+    assert record["args"]["max_steps"] == 14 and record["lora"]["r"] == 4
+    assert lora_b_is_trained(out)
+
+    enc = open_encoder(str(out))  # preset and added tokens from reprank.json, base from adapter_config.json
+    try:
+        layout = Layout(enc.tokenizer, enc.preset, enc.preset.max_length)
+        with torch.no_grad():
+            st = llara_states(enc.model.backbone, layout, TEXTS, enc.pad_id)
+        # EBAE reads the passage embedding's states; EBAR, despite sharing the forward, the query's
+        for side, states in (("passage", st.summarize), ("query", st.predict)):
+            ref = torch.nn.functional.normalize(states.mean(1), dim=-1).numpy()
+            np.testing.assert_allclose(enc.encode(TEXTS, side).vectors, ref, atol=1e-4)
+    finally:
+        enc.close()
+
+
+def test_retriever_continues_llara_with_mined_negatives_and_never_reads_dev(llara_adapter, dataset, tmp_path,
+                                                                             monkeypatch):
+    splits = []
+    real = train_data.read_qrels
+    monkeypatch.setattr(train_data, "read_qrels", lambda ds, split: splits.append(split) or real(ds, split))
+    negatives = tmp_path / "negatives.jsonl"
+    assert main(["train", "mine", "--dataset", str(dataset), "--output", str(negatives), "--model",
+                 str(llara_adapter[0]), "--data-dir", str(tmp_path / "data"), "--depth", "3", "--no-progress"]) == 0
+    mined = [json.loads(line) for line in negatives.read_text().splitlines()]
+    assert [m["query_id"] for m in mined] == [f"q{i}" for i in range(8)]  # train queries only
+    for m in mined:  # three negatives from the train side of the corpus, never the query's positive
+        assert len(m["negatives"]) == 3 and set(m["negatives"]) <= {f"d{i}" for i in range(8)}
+        assert f"d{m['query_id'][1:]}" not in m["negatives"]
+
+    out = tmp_path / "retriever"
+    losses = train("retriever", dataset, out, None, "--init", str(llara_adapter[0]),
+                   "--hard-negatives", str(negatives), "--max-steps", "3", "--batch-size", "4", "--group-size", "3")
+    assert len(losses) == 3 and splits and set(splits) == {"train"}
+    assert json.loads((out / "reprank.json").read_text())["preset"] == "smollm2-llara"  # from --init
+    enc = open_encoder(str(out))
+    try:
+        assert enc.encode(TEXTS, "query").vectors.shape == (2, 64)
+    finally:
+        enc.close()
+
+
+def test_retriever_learns_resumes_exactly_and_changes_the_encoder(dataset, tiny_llama, tmp_path):
+    out = tmp_path / "retriever"
+    args = (*fixed_groups(dataset, tmp_path), "--temperature", "0.05", "--save-every", "6")
+    losses = train("retriever", dataset, out, tiny_llama, "--max-steps", "12", *args)
+    assert decreases(losses), losses
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-6"]
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama)
+    assert lora_b_is_trained(out)
+    trained = open_encoder(str(out))
+    base = open_encoder(str(tiny_llama), "smollm2")
+    try:
+        cos = (trained.encode(TEXTS, "passage").vectors * base.encode(TEXTS, "passage").vectors).sum(1)
+        assert (cos < 0.999).all()
+    finally:
+        trained.close()
+        base.close()
+
+    # a run killed after step 6: without --resume it refuses to mix runs, with it continues at step 7
+    first = (out / "adapter_model.safetensors").read_bytes()
+    for f in ("adapter_model.safetensors", "train_log.jsonl"):
+        (out / f).unlink()
+    import shutil
+
+    shutil.rmtree(out / "checkpoint-12")
+    assert main(["train", "retriever", "--dataset", str(dataset), "--output-dir", str(out), "--base",
+                 str(tiny_llama), "--max-steps", "12"]) == 2
+    resumed = train("retriever", dataset, out, tiny_llama, "--max-steps", "12", "--resume", *args)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(7, 13))
+    np.testing.assert_allclose(resumed, losses[6:], rtol=1e-4)
+    assert (out / "adapter_model.safetensors").read_bytes() == first
+
+
+def test_reranker_learns_and_loads_with_its_score_head(dataset, tiny_llama, tmp_path):
+    out = tmp_path / "reranker"
+    losses = train("reranker", dataset, out, tiny_llama, *fixed_groups(dataset, tmp_path), "--max-steps", "12")
+    assert decreases(losses), losses
+    assert json.loads((out / "reprank.json").read_text()) == {"preset": "smollm2-rankllama"}
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        head = [k for k in f.keys() if "score" in k]
+        assert head, "the SEQ_CLS adapter must carry the trained score head"
+        head_weight = f.get_tensor(head[0]).float()
+    assert lora_b_is_trained(out)
+
+    trained = open_reranker(str(out))
+    from models.loading import load
+    from models.reranker import Reranker
+
+    plain = load(str(tiny_llama), "score")  # the same head without the LoRA
+    plain.head.weight.data.copy_(head_weight)
+    base = Reranker(plain, trained.preset)
+    try:
+        got = trained.score("yaml parser", TEXTS).scores
+        assert not np.allclose(got, base.score("yaml parser", TEXTS).scores, atol=1e-4)
+    finally:
+        trained.close()
+        base.close()
+
+
+def test_sampling_is_deterministic_and_covers_each_epoch():
+    assert sorted(batch_indices(10, 5, 0, 1) + batch_indices(10, 5, 1, 1)) == list(range(10))
+    assert batch_indices(10, 4, 7, 1) == batch_indices(10, 4, 7, 1) != batch_indices(10, 4, 7, 2)
+    qrels = {f"q{i}": {"d": 1} for i in range(20)} | {"zero": {"d": 0}}
+    assert select_queries(qrels, None, 0) == sorted(f"q{i}" for i in range(20))  # no positive, no query
+    assert select_queries(qrels, 5, 0) == select_queries(qrels, 5, 0) != select_queries(qrels, 5, 1)
+
+
+def test_sentences_split_descriptions_and_join_fragments():
+    text = "Caja is the file manager for MATE. It browses files.\n\nThis package contains the dev files. Yes."
+    assert sentences(text) == ["Caja is the file manager for MATE. It browses files.",
+                               "This package contains the dev files. Yes."]
+    from models.train.llara import examples
+
+    ex = examples([Document("d", "First sentence of four words. Second sentence here as well.")])
+    assert [(e.text, e.next) for e in ex] == [("First sentence of four words.", "Second sentence here as well."),
+                                             ("Second sentence here as well.", None)]
