@@ -190,3 +190,15 @@ def test_sentences_split_descriptions_and_join_fragments():
     ex = examples([Document("d", "First sentence of four words. Second sentence here as well.")])
     assert [(e.text, e.next) for e in ex] == [("First sentence of four words.", "Second sentence here as well."),
                                              ("Second sentence here as well.", None)]
+
+
+def test_a_reduced_mining_pool_keeps_positives_then_lexical_neighbours(dataset):
+    from models.train.data import load_train
+    from models.train.mine import _pool
+
+    train = load_train(dataset, 2, seed=1)
+    positives = [d for q in train.query_ids for d in train.positives[q]]
+    pool = _pool(train, 5, seed=1)
+    assert len(pool) == len(set(pool)) == 5 and pool[:2] == positives
+    assert set(pool) <= set(train.corpus) and pool == _pool(train, 5, seed=1)
+    assert _pool(train, None, seed=1) == sorted(train.corpus)

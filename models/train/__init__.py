@@ -34,6 +34,7 @@ def _shared(p: argparse.ArgumentParser, *, lr: float, batch_size: int, passage_m
     p.add_argument("--limit-train-queries", type=int, help="a seeded sample of the train queries (CPU runs)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (weights stay fp32)")
     p.add_argument("--save-every", type=int, default=25, help="steps between checkpoints")
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--log-every", type=int, default=1)

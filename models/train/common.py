@@ -104,6 +104,7 @@ def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str
             r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_dropout=args.lora_dropout,
             target_modules=list(LORA_TARGETS), trainable_token_indices=sorted(added.values()) or None,
         ))
+    model.to(args.device)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("base %s, %d trainable parameters, %d added tokens", args.base, n, len(added))
     return Trainable(model, tokenizer, pad_id, added)
@@ -159,7 +160,8 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def _save_checkpoint(out: Path, step: int, model, opt, sched, keep: int) -> None:
@@ -188,6 +190,8 @@ def _restore(ckpt: Path, model, opt, sched) -> int:
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["step"]
 
 

@@ -1,8 +1,10 @@
 """Hard negatives mined with the project's own index: train queries against the train side of the corpus.
 
-The pool is the positives of the selected train queries plus a seeded sample of other train-side
-documents (--corpus-limit; all of them when unset). It is indexed with the given encoder by
-indexer.run.index_corpus (idempotent, so a killed run resumes), every query retrieves its top
+The pool is every train-side document, or with --corpus-limit (CPU runs, where encoding all of them
+takes hours) the positives of the selected train queries, then their BM25 neighbours over the whole
+train side (bm25s, taken rank by rank across queries: the near-duplicate -dev/-doc/lib variants that
+make hard negatives hard are lexical neighbours), then random train documents. It is indexed with
+the given encoder by indexer.run.index_corpus (idempotent, so a killed run resumes), every query retrieves its top
 depth + positives through store.query (dense, or hybrid = dense + BM25 RRF) or store.query_bm25, and
 the positives are dropped. The output feeds `reprank train retriever|reranker --hard-negatives`.
 """
@@ -15,12 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from indexer.run import derived_collection, encode_queries, index_corpus
+from indexer.run import derived_collection, encode_queries, index_corpus, passage_text
 from indexer.store import VectorStore
 from models.train.data import load_train, write_negatives
 
 log = logging.getLogger("reprank.train")
-METHODS = ("dense", "hybrid", "bm25")
 
 
 def mine(dataset: str | Path, encoder, store: VectorStore, output: str | Path, *, limit_queries: int | None = None,
@@ -28,12 +29,8 @@ def mine(dataset: str | Path, encoder, store: VectorStore, output: str | Path, *
          collection: str | None = None, progress: bool = True) -> dict[str, list[str]]:
     train = load_train(dataset, limit_queries, seed)
     qids = train.query_ids
-    wanted = sorted({d for q in qids for d in train.positives[q]})
-    others = sorted(set(train.corpus) - set(wanted))
-    if corpus_limit is not None and len(wanted) + len(others) > corpus_limit:
-        others = sorted(random.Random(seed).sample(others, max(corpus_limit - len(wanted), 0)))
-    pool = [train.corpus[d] for d in wanted + others]
-    collection = collection or derived_collection("mine", dataset, encoder, limit_queries, corpus_limit, seed)
+    pool = [train.corpus[d] for d in _pool(train, corpus_limit, seed)]
+    collection = collection or derived_collection("mine", dataset, encoder, [d.doc_id for d in pool])
     log.info("mining: %d train queries over %d train documents in collection %s", len(qids), len(pool), collection)
     index_corpus(pool, encoder, store, collection, total=len(pool), progress=progress)
 
@@ -50,3 +47,25 @@ def mine(dataset: str | Path, encoder, store: VectorStore, output: str | Path, *
     write_negatives(output, negatives)
     log.info("wrote hard negatives of %d queries to %s", len(negatives), output)
     return negatives
+
+
+def _pool(train, corpus_limit: int | None, seed: int, neighbours: int = 10) -> list[str]:
+    """Doc ids to index: positives first, then BM25 neighbours rank by rank, then random (see above)."""
+    if corpus_limit is None or corpus_limit >= len(train.corpus):
+        return sorted(train.corpus)
+    import bm25s
+
+    chosen = dict.fromkeys(d for q in train.query_ids for d in train.positives[q])
+    ids = train.doc_ids
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([passage_text(train.corpus[d]) for d in ids], stopwords="en",
+                                   show_progress=False), show_progress=False)
+    queries = bm25s.tokenize([train.queries[q] for q in train.query_ids], stopwords="en", show_progress=False)
+    ranked, _ = retriever.retrieve(queries, k=min(neighbours, len(ids)), show_progress=False, n_threads=1)
+    for rank in range(ranked.shape[1]):
+        for i in ranked[:, rank]:
+            if len(chosen) >= corpus_limit:
+                return list(chosen)
+            chosen.setdefault(ids[i])
+    rest = sorted(set(ids) - chosen.keys())
+    return list(chosen) + random.Random(seed).sample(rest, max(min(corpus_limit - len(chosen), len(rest)), 0))
