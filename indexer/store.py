@@ -419,9 +419,9 @@ class EdgeStore:
         """BM25 alone over the stored sparse vectors: the lexical baseline of `reprank eval`."""
         _check_limit(limit)
         flt = _edge_filter(parse_filter(filter))
-        sparse = _bm25().embed_query(text)
         with self._lock:
             shard, _ = self._shard(name)
+            sparse = _bm25().embed_query(text)
             if not len(sparse.indices):  # only stopwords: nothing can match
                 return []
             request = edge.QueryRequest(

@@ -104,7 +104,8 @@ def test_retriever_continues_llara_with_mined_negatives_and_never_reads_dev(llar
 
     out = tmp_path / "retriever"
     losses = train("retriever", dataset, out, None, "--init", str(llara_adapter[0]),
-                   "--hard-negatives", str(negatives), "--max-steps", "3", "--batch-size", "4", "--group-size", "3")
+                   "--hard-negatives", str(negatives), "--max-steps", "3", "--batch-size", "4", "--group-size", "3",
+                   "--gradient-checkpointing")
     assert len(losses) == 3 and splits and set(splits) == {"train"}
     assert json.loads((out / "reprank.json").read_text())["preset"] == "smollm2-llara"  # from --init
     enc = open_encoder(str(out))
@@ -149,7 +150,8 @@ def test_retriever_learns_resumes_exactly_and_changes_the_encoder(dataset, tiny_
 
 def test_reranker_learns_and_loads_with_its_score_head(dataset, tiny_llama, tmp_path):
     out = tmp_path / "reranker"
-    losses = train("reranker", dataset, out, tiny_llama, *fixed_groups(dataset, tmp_path), "--max-steps", "12")
+    losses = train("reranker", dataset, out, tiny_llama, *fixed_groups(dataset, tmp_path), "--max-steps", "12",
+                   "--gradient-checkpointing")
     assert decreases(losses), losses
     assert json.loads((out / "reprank.json").read_text()) == {"preset": "smollm2-rankllama"}
     with safe_open(out / "adapter_model.safetensors", "pt") as f:
