@@ -123,12 +123,17 @@ def fit(t: Trainable, loss_fn: Callable[[int], torch.Tensor], args) -> list[floa
     params = [p for p in t.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, args.warmup_steps, args.max_steps)
-    start = _restore(ckpts[-1], t.model, opt, sched) if args.resume and (ckpts := checkpoints(out)) else 0
+    ckpts = checkpoints(out) if args.resume else []
+    start = _restore(ckpts[-1], t.model, opt, sched) if ckpts else 0
+    log_path = out / "train_log.jsonl"
     if start:
         log.info("resumed from %s at step %d", ckpts[-1].name, start)
+        if log_path.exists():  # drop the steps the killed run logged after its last checkpoint
+            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start]
+            log_path.write_text("".join(line + "\n" for line in kept))
     losses = []
     t.model.train()
-    with open(out / "train_log.jsonl", "a", encoding="utf-8") as logf:
+    with open(log_path, "a", encoding="utf-8") as logf:
         for step in range(start, args.max_steps):
             began = time.perf_counter()
             total = 0.0
