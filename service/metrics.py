@@ -34,6 +34,8 @@ class Metrics:
                                        registry=r)
         self.queue_depth = Gauge("reprank_queue_depth", "sequences waiting for a batch", ["model"], registry=r)
         self.queue_tokens = Gauge("reprank_queue_tokens", "tokens waiting for a batch", ["model"], registry=r)
+        self.queue_limit = Gauge("reprank_queue_limit_tokens", "queued tokens beyond which requests get 429",
+                                 ["model"], registry=r)
         self.rejected = Counter("reprank_rejected", "requests refused because the queue was full", ["model"],
                                 registry=r)
         self.truncated = Counter("reprank_truncated_tokens", "tokens cut by requested truncation", ["model"],
@@ -52,6 +54,7 @@ class Metrics:
     def watch_queue(self, model: str, batcher) -> None:
         self.queue_depth.labels(model).set_function(lambda: batcher.depth)
         self.queue_tokens.labels(model).set_function(lambda: batcher.queued_tokens)
+        self.queue_limit.labels(model).set_function(lambda: batcher.max_queue_tokens)
 
     @contextmanager
     def timed(self, stage: str, timings: dict):
