@@ -10,7 +10,8 @@ import sys
 import textwrap
 
 SETTINGS_FLAGS = ("data_dir", "qdrant_url", "qdrant_api_key", "model", "model_preset", "reranker",
-                  "reranker_preset", "base", "device", "dtype", "collection", "host", "port")
+                  "reranker_preset", "base", "device", "dtype", "collection", "host", "port",
+                  "role", "encoder_urls", "reranker_urls", "worker_timeout_s")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", help="searched when a request names none (default: 'default')")
     p.add_argument("--host", help="default 127.0.0.1")
     p.add_argument("--port", type=int, help="default 8000")
+    g = p.add_argument_group("gateway and workers (README: Scale-out)")
+    g.add_argument("--role", choices=["all", "gateway", "worker"],
+                   help="all (default): models and search here; worker: serve this process's models "
+                   "(--model none or --reranker none for one of them); gateway: search, calling workers")
+    g.add_argument("--encoder-url", dest="encoder_urls", action="append",
+                   help="gateway: an encoder worker replica (repeat, or comma-separate; env REPRANK_ENCODER_URLS)")
+    g.add_argument("--reranker-url", dest="reranker_urls", action="append",
+                   help="gateway: a reranker worker replica (repeat or comma-separate); none = no reranking")
+    g.add_argument("--worker-timeout", dest="worker_timeout_s", type=float,
+                   help="gateway: seconds per attempt before trying the next replica (default 30)")
     _common(p)
 
     p = sub.add_parser("search", help="search a collection and print a table")
@@ -117,8 +128,12 @@ def cmd_serve(args) -> int:
     from service.app import create_app
 
     s = settings_from(args)
+    if s.role == "gateway" and not s.encoder_urls:
+        raise ValueError("--role gateway needs at least one --encoder-url")
+    if s.model == "none" and s.role != "worker":
+        raise ValueError("--model none is for a reranker-only --role worker")
     for name, presets in ((s.model, ENCODERS), (s.reranker, RERANKERS)):  # fail before binding the port
-        if name != "none" and name not in presets:
+        if s.role != "gateway" and name != "none" and name not in presets:
             resolve(name)
     uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info")
     return 0
@@ -158,13 +173,11 @@ async def _search_here(args, body: dict) -> dict:
         s.reranker = "none"
     s.warmup = False
     store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
-    pipeline = load_pipeline(s, store, Metrics())
+    pipeline = await load_pipeline(s, store, Metrics())
     try:
         return (await pipeline.search(SearchRequest(**body))).model_dump()
     finally:
-        pipeline.encoder.close()
-        if pipeline.reranker:
-            pipeline.reranker.close()
+        await pipeline.close()
         store.close()
 
 

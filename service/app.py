@@ -11,34 +11,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from indexer.store import open_store
-from models import open_encoder, open_reranker
 from service import errors
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.routes import router
 from service.settings import Settings
+from service.workers import open_models
 
 log = logging.getLogger("reprank")
 
 
-def load_pipeline(settings: Settings, store, metrics: Metrics) -> Pipeline:
-    """Load the encoder (and reranker), run one warm-up pass through each, wire the metrics."""
-    common = dict(base=settings.base, device=settings.torch_device(), dtype=settings.torch_dtype(),
-                  max_batch_tokens=settings.batch_tokens(), max_batch_size=settings.max_batch_size,
-                  max_queue_tokens=settings.max_queue_tokens)
-    encoder = open_encoder(settings.model, settings.model_preset,
-                           on_batch=metrics.on_batch(settings.model), **common)
-    reranker = None
-    if settings.reranker != "none":
-        reranker = open_reranker(settings.reranker, settings.reranker_preset,
-                                 on_batch=metrics.on_batch(settings.reranker), **common)
-    if settings.warmup:
-        encoder.encode(["warm-up query"], "query")
-        if reranker:
-            reranker.score("warm-up query", ["warm-up document"])
-    metrics.watch_queue(settings.model, encoder.batcher)
-    if reranker:
-        metrics.watch_queue(settings.reranker, reranker.batcher)
+async def load_pipeline(settings: Settings, store, metrics: Metrics) -> Pipeline:
+    """Load and warm up the models of this role (or reach the gateway's workers), wire the metrics."""
+    encoder, reranker = await open_models(settings, metrics)
     return Pipeline(settings, encoder, reranker, store, metrics)
 
 
@@ -50,12 +35,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         state = app.state
         state.ready, state.pipeline, state.load_error = False, None, None
-        store = open_store(settings.data_dir, settings.qdrant_url, settings.qdrant_api_key)
+        store = None if settings.role == "worker" else open_store(
+            settings.data_dir, settings.qdrant_url, settings.qdrant_api_key)
 
         async def load() -> None:
             start = time.perf_counter()
             try:
-                state.pipeline = await asyncio.to_thread(load_pipeline, settings, store, metrics)
+                state.pipeline = await load_pipeline(settings, store, metrics)
             except Exception as exc:  # stay up and say why on /readyz
                 log.error("model loading failed: %s", exc)
                 state.load_error = str(exc)
@@ -67,12 +53,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loading = asyncio.create_task(load())
         yield
         state.ready = False
+        if settings.role == "gateway":
+            loading.cancel()  # it may be waiting for workers that never come
         await asyncio.gather(loading, return_exceptions=True)
         if state.pipeline:
-            state.pipeline.encoder.close()
-            if state.pipeline.reranker:
-                state.pipeline.reranker.close()
-        store.close()
+            await state.pipeline.close()
+        if store is not None:
+            store.close()
 
     app = FastAPI(title="reprank", version="0.1.0", lifespan=lifespan,
                   description="LLM retrieval and reranking: OpenAI embeddings, Cohere rerank, search")

@@ -41,6 +41,10 @@ class Metrics:
         self.truncated = Counter("reprank_truncated_tokens", "tokens cut by requested truncation", ["model"],
                                  registry=r)
         self.ready = Gauge("reprank_ready", "1 once models are loaded and warmed up", registry=r)
+        self.worker_seconds = Histogram("reprank_worker_seconds", "gateway: one HTTP attempt to a worker",
+                                        ["task"], buckets=LATENCY, registry=r)
+        self.worker_failures = Counter("reprank_worker_failures", "gateway: failed attempts to a worker replica",
+                                       ["task", "reason"], registry=r)
 
     def on_batch(self, model: str):
         def record(s: BatchStats) -> None:

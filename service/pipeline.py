@@ -1,7 +1,7 @@
 """search = encode query -> ANN (dense, or dense+BM25 fused) -> rerank -> top_k.
 
-Model calls join the shared batchers (tokenizing off the event loop); store calls run in the
-thread pool. Every stage is timed into the response and into /metrics.
+Model calls go to service/workers.py (in-process batchers, or remote workers over HTTP); store
+calls run in the thread pool. Every stage is timed into the response and into /metrics.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from indexer.store import Hit, VectorStore, check_name, parse_filter
-from models.encoder import Encoded, Encoder
-from models.errors import QueueFull
-from models.reranker import Reranker, Scored
+from models.encoder import Encoded
+from models.reranker import Scored
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.schemas import ModelCard, SearchHit, SearchRequest, SearchResponse, SearchUsage
 from service.settings import Settings
+from service.workers import Model
 
 
 def require_text(value: str, what: str) -> None:
@@ -26,53 +26,43 @@ def require_text(value: str, what: str) -> None:
         raise ApiError(400, f"{what} is empty", "invalid_request")
 
 
-def _names(model_arg: str, preset: str) -> set[str]:
-    """A served model answers to its --model value, its folder name and its preset name."""
-    return {model_arg, model_arg.rstrip("/").split("/")[-1], preset}
-
-
 class Pipeline:
-    def __init__(self, settings: Settings, encoder: Encoder, reranker: Reranker | None, store: VectorStore,
-                 metrics: Metrics):
+    """The search path over models in this process or on remote workers (service/workers.py).
+
+    A worker process has no store (search answers 404) and may serve only one of the two models.
+    """
+
+    def __init__(self, settings: Settings, encoder: Model | None, reranker: Model | None,
+                 store: VectorStore | None, metrics: Metrics):
         self.settings, self.encoder, self.reranker, self.store, self.metrics = (
             settings, encoder, reranker, store, metrics)
-        self.encoder_id = settings.model
-        self.reranker_id = settings.reranker if reranker else None
+        self.encoder_id = encoder.model_id if encoder else None
+        self.reranker_id = reranker.model_id if reranker else None
         self.model_ids = {
-            "embedding": _names(settings.model, encoder.preset.name),
-            "rerank": _names(settings.reranker, reranker.preset.name) if reranker else set(),
+            "embedding": encoder.names if encoder else set(),
+            "rerank": reranker.names if reranker else set(),
         }
 
     def cards(self) -> list[ModelCard]:
-        e, r = self.encoder, self.reranker
-        cards = [ModelCard(id=self.encoder_id, task="embedding", preset=e.preset.name, source=e.model.source,
-                           dimensions=e.dim, max_length=e.preset.max_length)]
-        if r is not None:
-            cards.append(ModelCard(id=self.reranker_id, task="rerank", preset=r.preset.name, source=r.model.source,
-                                   max_length=r.preset.max_length))
-        return cards
-
-    async def _join(self, model_id: str, submit, *args):
-        try:
-            future = await run_in_threadpool(submit, *args)
-        except QueueFull:
-            self.metrics.rejected.labels(model_id).inc()
-            raise
-        result = await asyncio.wrap_future(future)
-        if result.truncated_tokens:
-            self.metrics.truncated.labels(model_id).inc(result.truncated_tokens)
-        return result
+        return [m.card() for m in (self.encoder, self.reranker) if m is not None]
 
     async def embed(self, texts: list[str], side: str, truncate: bool) -> Encoded:
-        return await self._join(self.encoder_id, self.encoder.submit, texts, side, truncate)
+        if self.encoder is None:
+            raise ApiError(404, "this worker serves no embedding model", "not_found")
+        return await self.encoder.embed(texts, side, truncate)
 
     async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored:
         if self.reranker is None:
             raise ApiError(400, "this server was started without a reranker", "invalid_request")
-        return await self._join(self.reranker_id, self.reranker.submit, query, documents, truncate)
+        return await self.reranker.rerank(query, documents, truncate)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(m.close() for m in (self.encoder, self.reranker) if m is not None))
 
     async def search(self, req: SearchRequest) -> SearchResponse:
         s = self.settings
+        if self.store is None or self.encoder is None:
+            raise ApiError(404, "this process runs --role worker: search is served by the gateway", "not_found")
         require_text(req.query, "query")
         collection = req.collection or s.collection
         try:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+UrlList = Annotated[list[str], NoDecode]  # env: comma-separated, not JSON
 
 
 class Settings(BaseSettings):
@@ -35,6 +39,27 @@ class Settings(BaseSettings):
     max_candidates: int = 200
     default_candidates: int = 20  # retrieved then reranked when a search names no count
     warmup: bool = True
+
+    # gateway/worker split (service/workers.py)
+    role: Literal["all", "gateway", "worker"] = "all"  # all = models and search in this one process
+    encoder_urls: UrlList = []  # gateway: encoder worker replicas (env REPRANK_ENCODER_URLS=a,b)
+    reranker_urls: UrlList = []  # gateway: reranker worker replicas; none = no reranking
+    worker_timeout_s: float = 30.0  # per attempt; a replica slower than this counts as down
+    worker_retries: int = 1  # extra rounds over all replicas after the first
+    worker_backoff_s: float = 0.2  # before round n: backoff * 2**(n-1)
+    worker_max_connections: int = 64  # pooled keep-alive connections per worker pool
+    worker_api_key: str | None = None  # sent as a bearer token to the workers
+    # a vLLM worker applies no reprank template: the gateway formats the text (README: vLLM workers)
+    remote_query_format: str | None = None  # e.g. "query: {text}</s>"
+    remote_passage_format: str | None = None
+    remote_rerank_query_format: str | None = None  # e.g. "query: {query}"
+    remote_rerank_document_format: str | None = None  # e.g. "document: {document}"
+
+    @field_validator("encoder_urls", "reranker_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, v):
+        items = v.split(",") if isinstance(v, str) else [p for x in v for p in str(x).split(",")]
+        return [u.strip() for u in items if u.strip()]
 
     def torch_device(self) -> str:
         import torch

@@ -51,8 +51,8 @@ def tiny_model_args(folder: Path) -> list[str]:
 class Server:
     """`reprank serve` as a real subprocess on a free 127.0.0.1 port."""
 
-    def __init__(self, args: list[str], env: dict | None = None, timeout: float = 120):
-        self.port = free_port()
+    def __init__(self, args: list[str], env: dict | None = None, timeout: float = 120, port: int | None = None):
+        self.port = port or free_port()  # a given port: a restart where clients already point
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"reprank-serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(reprank_cmd("serve", "--port", str(self.port), *args),

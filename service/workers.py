@@ -1,0 +1,254 @@
+"""The models the pipeline calls: in this process, or remote workers over HTTP, behind one interface.
+
+`LocalModel` joins an in-process Encoder/Reranker batcher. `RemoteModel` asks a pool of worker
+replicas (`reprank serve --role worker`, or a vLLM server) in the OpenAI embeddings and Cohere rerank
+shapes. A replica that fails (connection refused, timeout, 429 or 5xx) is retried on the next one,
+with exponential backoff between rounds; when no replica answers the request gets a 503 in the
+project's error body, and the next request tries them all again, so a worker that comes back is used
+without restarting the gateway. A worker's own 4xx (413 input too long, 400 empty) is passed through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from models.encoder import Encoded
+from models.errors import QueueFull
+from models.reranker import Scored
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.schemas import ModelCard
+from service.settings import Settings
+
+log = logging.getLogger("reprank")
+
+Task = Literal["embedding", "rerank"]
+PATHS = {"embedding": "/v1/embeddings", "rerank": "/v1/rerank"}
+_RETRYABLE = {429, 500, 502, 503, 504}
+
+
+def served_names(model_arg: str, preset: str) -> set[str]:
+    """A served model answers to its --model value, its folder name and its preset name."""
+    return {model_arg, model_arg.rstrip("/").split("/")[-1], preset}
+
+
+class LocalModel:
+    """An Encoder or Reranker in this process; its calls join the shared batcher off the event loop."""
+
+    def __init__(self, runtime, task: Task, model_arg: str, metrics: Metrics):
+        self.runtime, self.task, self.model_id, self.metrics = runtime, task, model_arg, metrics
+        self.names = served_names(model_arg, runtime.preset.name)
+
+    def card(self) -> ModelCard:
+        r = self.runtime
+        return ModelCard(id=self.model_id, task=self.task, preset=r.preset.name, source=r.model.source,
+                         dimensions=getattr(r, "dim", None) if self.task == "embedding" else None,
+                         max_length=r.preset.max_length)
+
+    async def _join(self, *args):
+        try:
+            future = await run_in_threadpool(self.runtime.submit, *args)
+        except QueueFull:
+            self.metrics.rejected.labels(self.model_id).inc()
+            raise
+        result = await asyncio.wrap_future(future)
+        if result.truncated_tokens:
+            self.metrics.truncated.labels(self.model_id).inc(result.truncated_tokens)
+        return result
+
+    async def embed(self, texts: list[str], side: str, truncate: bool) -> Encoded:
+        return await self._join(texts, side, truncate)
+
+    async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored:
+        return await self._join(query, documents, truncate)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.runtime.close)
+
+
+def _error_of(r: httpx.Response) -> tuple[str, str]:
+    """(message, type) of our error body, of vLLM's (the same, or flat), or the raw text."""
+    try:
+        data = r.json()
+    except ValueError:
+        return r.text[:300] or r.reason_phrase, "worker_error"
+    err = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"]), str(err.get("type") or "worker_error")
+    return str(data)[:300], "worker_error"
+
+
+class ReplicaPool:
+    """Worker replicas of one task behind one pooled async HTTP client.
+
+    Each call starts at the next replica (round robin) and walks the list; a round that fails
+    everywhere waits `backoff * 2**round` and tries again, up to `retries` extra rounds.
+    """
+
+    def __init__(self, task: Task, urls: list[str], settings: Settings, metrics: Metrics):
+        if not urls:
+            raise ValueError(f"no {task} worker URLs given")
+        self.task, self.urls, self.metrics = task, [u.rstrip("/") for u in urls], metrics
+        self.retries, self.backoff = settings.worker_retries, settings.worker_backoff_s
+        self._next = 0
+        timeout = httpx.Timeout(settings.worker_timeout_s, connect=min(settings.worker_timeout_s, 5.0))
+        limits = httpx.Limits(max_connections=settings.worker_max_connections,
+                              max_keepalive_connections=settings.worker_max_connections)
+        self.client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=_auth(settings))
+
+    def _order(self) -> list[str]:
+        start, self._next = self._next, (self._next + 1) % len(self.urls)
+        return self.urls[start:] + self.urls[:start]
+
+    async def request(self, method: str, path: str, payload: dict | None = None) -> dict:
+        problems: list[str] = []
+        overloaded = False
+        for round_ in range(self.retries + 1):
+            if round_:
+                await asyncio.sleep(self.backoff * 2 ** (round_ - 1))
+            for url in self._order():
+                start = time.perf_counter()
+                try:
+                    r = await self.client.request(method, url + path, json=payload)
+                except httpx.TransportError as e:
+                    self._failed(url, type(e).__name__, problems)
+                    continue
+                finally:
+                    self.metrics.worker_seconds.labels(self.task).observe(time.perf_counter() - start)
+                if r.status_code < 400:
+                    return r.json()
+                if r.status_code not in _RETRYABLE:  # the request's own fault: the same everywhere
+                    raise ApiError(r.status_code, *_error_of(r))
+                overloaded = overloaded or r.status_code == 429
+                self._failed(url, str(r.status_code), problems, _error_of(r)[0])
+        if overloaded and all("429" in p for p in problems):
+            raise ApiError(429, f"every {self.task} worker is overloaded", "overloaded", {"Retry-After": "1"})
+        raise ApiError(503, f"no {self.task} worker answered ({len(self.urls)} replicas, "
+                       f"{self.retries + 1} rounds): {'; '.join(problems[-len(self.urls):])}",
+                       "unavailable", {"Retry-After": "1"})
+
+    def _failed(self, url: str, reason: str, problems: list[str], detail: str = "") -> None:
+        self.metrics.worker_failures.labels(self.task, reason).inc()
+        problems.append(f"{url}: {reason}{' ' + detail[:120] if detail else ''}")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _auth(settings: Settings) -> dict:
+    key = getattr(settings, "worker_api_key", None)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+class RemoteModel:
+    """One model served by worker replicas; `start()` learns its card from their /v1/models."""
+
+    def __init__(self, task: Task, urls: list[str], settings: Settings, metrics: Metrics):
+        self.task, self.settings, self.metrics = task, settings, metrics
+        self.pool = ReplicaPool(task, urls, settings, metrics)
+        self._card: ModelCard | None = None
+        self.model_id = ""
+        self.names: set[str] = set()
+
+    async def start(self, wait: float = 1.0) -> None:
+        """Ask the replicas for their model card until one answers (the gateway is not ready before)."""
+        while True:
+            try:
+                listing = await self.pool.request("GET", "/v1/models")
+                break
+            except ApiError as e:
+                log.info("waiting for %s workers: %s", self.task, e.message)
+                await asyncio.sleep(wait)
+        cards = listing.get("data") or []
+        mine = [c for c in cards if c.get("task") == self.task] or cards  # vLLM's cards name no task
+        if not mine:
+            raise ApiError(503, f"the {self.task} workers serve no model", "unavailable")
+        c = mine[0]
+        self._card = ModelCard(id=c["id"], task=self.task, preset=c.get("preset", "remote"),
+                               source=c.get("source", self.pool.urls[0]), dimensions=c.get("dimensions"),
+                               max_length=c.get("max_length") or c.get("max_model_len") or 0)
+        self.model_id = c["id"]
+        self.names = served_names(c["id"], self._card.preset)
+
+    def card(self) -> ModelCard:
+        assert self._card is not None, "start() first"
+        return self._card
+
+    async def embed(self, texts: list[str], side: str, truncate: bool) -> Encoded:
+        s = self.settings
+        fmt = s.remote_query_format if side == "query" else s.remote_passage_format
+        payload: dict[str, Any] = {"model": self.model_id, "truncate": truncate}
+        if fmt:  # a vLLM worker: the prompt template is the client's job
+            payload["input"] = [fmt.format(text=t) for t in texts]
+        else:
+            payload |= {"input": texts, "input_type": side}
+        body = await self.pool.request("POST", PATHS["embedding"], payload)
+        rows = sorted(body["data"], key=lambda d: d["index"])
+        vectors = np.asarray([d["embedding"] for d in rows], dtype=np.float32)
+        usage = body.get("usage") or {}
+        return Encoded(vectors.reshape(len(rows), -1), usage.get("prompt_tokens", 0),
+                       usage.get("truncated_tokens", 0))
+
+    async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored:
+        s = self.settings
+        q = s.remote_rerank_query_format.format(query=query) if s.remote_rerank_query_format else query
+        docs = ([s.remote_rerank_document_format.format(document=d) for d in documents]
+                if s.remote_rerank_document_format else documents)
+        body = await self.pool.request("POST", PATHS["rerank"], {
+            "model": self.model_id, "query": q, "documents": docs, "top_n": len(docs), "truncate": truncate})
+        scores = [0.0] * len(documents)
+        for r in body["results"]:
+            scores[r["index"]] = float(r["relevance_score"])
+        usage = body.get("usage") or {}
+        return Scored(scores, usage.get("prompt_tokens", usage.get("total_tokens", 0)),
+                      usage.get("truncated_tokens", 0))
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+Model = LocalModel | RemoteModel
+
+
+def _load_local(settings: Settings, metrics: Metrics, load_encoder: bool) -> tuple[Model | None, Model | None]:
+    """Load (and warm up) this process's encoder and reranker; runs in a thread: it takes seconds."""
+    from models import open_encoder, open_reranker
+
+    common = dict(base=settings.base, device=settings.torch_device(), dtype=settings.torch_dtype(),
+                  max_batch_tokens=settings.batch_tokens(), max_batch_size=settings.max_batch_size,
+                  max_queue_tokens=settings.max_queue_tokens)
+    encoder = reranker = None
+    if load_encoder:
+        enc = open_encoder(settings.model, settings.model_preset,
+                           on_batch=metrics.on_batch(settings.model), **common)
+        if settings.warmup:
+            enc.encode(["warm-up query"], "query")
+        metrics.watch_queue(settings.model, enc.batcher)
+        encoder = LocalModel(enc, "embedding", settings.model, metrics)
+    if settings.reranker != "none":
+        rr = open_reranker(settings.reranker, settings.reranker_preset,
+                           on_batch=metrics.on_batch(settings.reranker), **common)
+        if settings.warmup:
+            rr.score("warm-up query", ["warm-up document"])
+        metrics.watch_queue(settings.reranker, rr.batcher)
+        reranker = LocalModel(rr, "rerank", settings.reranker, metrics)
+    return encoder, reranker
+
+
+async def open_models(settings: Settings, metrics: Metrics) -> tuple[Model | None, Model | None]:
+    """(encoder, reranker) for the process's role: local models, or remote workers for a gateway."""
+    if settings.role != "gateway":
+        return await asyncio.to_thread(_load_local, settings, metrics, settings.model != "none")
+    if not settings.encoder_urls:
+        raise ValueError("--role gateway needs --encoder-url (env REPRANK_ENCODER_URLS)")
+    encoder = RemoteModel("embedding", settings.encoder_urls, settings, metrics)
+    reranker = RemoteModel("rerank", settings.reranker_urls, settings, metrics) if settings.reranker_urls else None
+    await asyncio.gather(*(m.start() for m in (encoder, reranker) if m))
+    return encoder, reranker
