@@ -121,11 +121,10 @@ def cmd_index(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
-
     from models.loading import resolve
     from models.presets import ENCODERS, RERANKERS
     from service.app import create_app
+    from service.lifecycle import serve
 
     s = settings_from(args)
     if s.role == "gateway" and not s.encoder_urls:
@@ -135,7 +134,7 @@ def cmd_serve(args) -> int:
     for name, presets in ((s.model, ENCODERS), (s.reranker, RERANKERS)):  # fail before binding the port
         if s.role != "gateway" and name != "none" and name not in presets:
             resolve(name)
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info")
+    serve(create_app(s), s)  # SIGTERM: drain, finish in-flight requests, exit 0
     return 0
 
 
@@ -223,8 +222,11 @@ def cmd_train(args) -> int:
 
     from indexer.store import open_store
     from models import open_encoder
-    from models.train.mine import mine
+    from models.train.mine import mine, mine_bm25
 
+    if args.method == "bm25":
+        mine_bm25(args.dataset, args.output, limit_queries=args.limit_train_queries, depth=args.depth, seed=args.seed)
+        return 0
     s = settings_from(args)
     store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
     encoder = None
@@ -250,6 +252,9 @@ def _print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from service.security import disable_telemetry
+
+    disable_telemetry()  # before any Hugging Face library reads its environment
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in a trained adapter's train_args.json
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

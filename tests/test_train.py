@@ -203,3 +203,27 @@ def test_a_reduced_mining_pool_keeps_positives_then_lexical_neighbours(dataset):
     assert len(pool) == len(set(pool)) == 5 and pool[:2] == positives
     assert set(pool) <= set(train.corpus) and pool == _pool(train, 5, seed=1)
     assert _pool(train, None, seed=1) == sorted(train.corpus)
+
+
+def test_bm25_mining_needs_no_encoder_and_keeps_positives_out(dataset, tmp_path):
+    out = tmp_path / "bm25.jsonl"
+    assert main(["train", "mine", "--dataset", str(dataset), "--output", str(out), "--method", "bm25",
+                 "--depth", "3"]) == 0
+    mined = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [m["query_id"] for m in mined] == [f"q{i}" for i in range(8)]  # train queries only
+    for m in mined:
+        assert len(m["negatives"]) == 3 and set(m["negatives"]) <= {f"d{i}" for i in range(8)}
+        assert f"d{m['query_id'][1:]}" not in m["negatives"]
+
+
+def test_lora_on_the_top_layers_only_still_learns(dataset, tiny_llama, tmp_path):
+    out = tmp_path / "top"
+    losses = train("retriever", dataset, out, tiny_llama, "--max-steps", "8", "--lora-layers", "1",
+                   *fixed_groups(dataset, tmp_path), "--temperature", "0.05")
+    assert decreases(losses), losses
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        layers = {int(k.split(".layers.")[1].split(".")[0]) for k in f.keys() if ".layers." in k}
+    top = json.loads((tiny_llama / "config.json").read_text())["num_hidden_layers"] - 1
+    assert layers == {top}
+    assert main(["train", "retriever", "--dataset", str(dataset), "--output-dir", str(tmp_path / "bad"),
+                 "--base", str(tiny_llama), "--lora-layers", "99"]) == 2  # a clear error, not a traceback

@@ -29,6 +29,8 @@ def _shared(p: argparse.ArgumentParser, *, lr: float, batch_size: int, passage_m
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, help="default 2 x r")
     p.add_argument("--lora-dropout", type=float, default=0.1)
+    p.add_argument("--lora-layers", type=int, help="LoRA on the top N decoder layers only (default all): the "
+                   "backward pass stops there, so a CPU step costs far less")
     p.add_argument("--query-max-length", type=int, default=32, help="tokens, template included")
     p.add_argument("--passage-max-length", type=int, default=passage_max_length, help="tokens, template included")
     p.add_argument("--limit-train-queries", type=int, help="a seeded sample of the train queries (CPU runs)")

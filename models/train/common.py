@@ -103,6 +103,7 @@ def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str
             task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM",  # SEQ_CLS also saves the score head
             r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_dropout=args.lora_dropout,
             target_modules=list(LORA_TARGETS), trainable_token_indices=sorted(added.values()) or None,
+            layers_to_transform=_top_layers(model, args.lora_layers),
         ))
     if args.gradient_checkpointing:  # recompute activations in backward: a fraction of the memory, ~30% slower
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -110,6 +111,17 @@ def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("base %s, %d trainable parameters, %d added tokens", args.base, n, len(added))
     return Trainable(model, tokenizer, pad_id, added)
+
+
+def _top_layers(model, n: int | None) -> list[int] | None:
+    """Indices of the top n decoder layers (None: all). Below them nothing needs a gradient, so autograd
+    records no graph there and the backward pass, the larger half of a step, covers only n layers."""
+    if n is None:
+        return None
+    total = model.config.num_hidden_layers
+    if not 0 < n <= total:
+        raise ValueError(f"--lora-layers {n}: the model has {total} layers")
+    return list(range(total - n, total))
 
 
 def fit(t: Trainable, loss_fn: Callable[[int], torch.Tensor], args) -> list[float]:

@@ -5,8 +5,8 @@ takes hours) the positives of the selected train queries, then their BM25 neighb
 train side (bm25s, taken rank by rank across queries: the near-duplicate -dev/-doc/lib variants that
 make hard negatives hard are lexical neighbours), then random train documents. It is indexed with
 the given encoder by indexer.run.index_corpus (idempotent, so a killed run resumes), every query retrieves its top
-depth + positives through store.query (dense, or hybrid = dense + BM25 RRF) or store.query_bm25, and
-the positives are dropped. The output feeds `reprank train retriever|reranker --hard-negatives`.
+depth + positives through store.query (dense, or hybrid = dense + BM25 RRF), and the positives are
+dropped; --method bm25 needs no encoder: bm25s ranks the whole train side directly. The output feeds `reprank train retriever|reranker --hard-negatives`.
 """
 
 from __future__ import annotations
@@ -35,33 +35,50 @@ def mine(dataset: str | Path, encoder, store: VectorStore, output: str | Path, *
     index_corpus(pool, encoder, store, collection, total=len(pool), progress=progress)
 
     texts = [train.queries[q] for q in qids]
-    vectors = [] if method == "bm25" else encode_queries(encoder, texts)
+    vectors = encode_queries(encoder, texts)
     negatives = {}
     for i, q in enumerate(tqdm(qids, desc="mining", unit="query", disable=not progress)):
         limit = depth + len(train.positives[q])
-        if method == "bm25":
-            hits = store.query_bm25(collection, texts[i], limit)
-        else:
-            hits = store.query(collection, vectors[i], limit, hybrid_text=texts[i] if method == "hybrid" else None)
+        hits = store.query(collection, vectors[i], limit, hybrid_text=texts[i] if method == "hybrid" else None)
         negatives[q] = [h.doc_id for h in hits if h.doc_id not in train.positives[q]][:depth]
     write_negatives(output, negatives)
     log.info("wrote hard negatives of %d queries to %s", len(negatives), output)
     return negatives
 
 
-def _pool(train, corpus_limit: int | None, seed: int, neighbours: int = 10) -> list[str]:
-    """Doc ids to index: positives first, then BM25 neighbours rank by rank, then random (see above)."""
-    if corpus_limit is None or corpus_limit >= len(train.corpus):
-        return sorted(train.corpus)
+def mine_bm25(dataset: str | Path, output: str | Path, *, limit_queries: int | None = None, depth: int = 30,
+              seed: int = 0) -> dict[str, list[str]]:
+    """BM25 negatives straight from bm25s over every train-side document: no encoder, no index (seconds)."""
+    train = load_train(dataset, limit_queries, seed)
+    ids = train.doc_ids
+    ranked = _bm25_ranking(train, depth + max(len(p) for p in train.positives.values()))
+    negatives = {q: [ids[i] for i in row if ids[i] not in train.positives[q]][:depth]
+                 for q, row in zip(train.query_ids, ranked, strict=True)}
+    write_negatives(output, negatives)
+    log.info("wrote BM25 negatives of %d queries over %d train documents to %s", len(negatives), len(ids), output)
+    return negatives
+
+
+def _bm25_ranking(train, k: int):
+    """Row per selected train query: indices into train.doc_ids, best BM25 match first."""
     import bm25s
 
-    chosen = dict.fromkeys(d for q in train.query_ids for d in train.positives[q])
     ids = train.doc_ids
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize([passage_text(train.corpus[d]) for d in ids], stopwords="en",
                                    show_progress=False), show_progress=False)
     queries = bm25s.tokenize([train.queries[q] for q in train.query_ids], stopwords="en", show_progress=False)
-    ranked, _ = retriever.retrieve(queries, k=min(neighbours, len(ids)), show_progress=False, n_threads=1)
+    ranked, _ = retriever.retrieve(queries, k=min(k, len(ids)), show_progress=False, n_threads=1)
+    return ranked
+
+
+def _pool(train, corpus_limit: int | None, seed: int, neighbours: int = 10) -> list[str]:
+    """Doc ids to index: positives first, then BM25 neighbours rank by rank, then random (see above)."""
+    if corpus_limit is None or corpus_limit >= len(train.corpus):
+        return sorted(train.corpus)
+    chosen = dict.fromkeys(d for q in train.query_ids for d in train.positives[q])
+    ids = train.doc_ids
+    ranked = _bm25_ranking(train, neighbours)
     for rank in range(ranked.shape[1]):
         for i in ranked[:, rank]:
             if len(chosen) >= corpus_limit:
