@@ -248,6 +248,8 @@ def test_indexer_job_and_created_api_key_secret():
     ({"gateway": {"autoscaling": {"enabled": True}}}, "embedded store is one process"),
     ({"gateway": {"replicas": 2}}, "embedded store is one process"),
     ({"indexer": {"enabled": True}}, "indexer.enabled needs a Qdrant server"),
+    ({"gateway": {"role": "gateway", "autoscaling": {"enabled": True}}, "encoder": {"enabled": True}},
+     "embedded store is one process"),
     ({"gateway": {"role": "gateway"}}, "needs encoder workers"),
     ({"gateway": {"role": "worker"}}, "gateway.role must be all or gateway"),
     ({"apiKeys": {"enabled": True}}, "apiKeys.enabled needs"),
@@ -256,6 +258,17 @@ def test_indexer_job_and_created_api_key_secret():
 def test_values_that_cannot_work_fail_at_render(values, message):
     with pytest.raises(helm.HelmError, match=message):
         render(values)
+
+
+def test_indexer_on_the_embedded_store_while_the_server_is_scaled_to_zero():
+    docs = render({"gateway": {"replicas": 0}, "indexer": {"enabled": True, "corpus": "/models/corpus.jsonl"}})
+    assert one(docs, "Deployment", "reprank-gateway")["spec"]["replicas"] == 0
+    spec = one(docs, "Job", "reprank-indexer")["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    env = env_of(c)
+    assert env["REPRANK_DATA_DIR"] == "/data" and "REPRANK_QDRANT_URL" not in env
+    assert c["args"][:3] == ["index", "--corpus", "/models/corpus.jsonl"] and "nvidia.com/gpu" not in str(c)
+    assert {v["name"]: v for v in spec["volumes"]}["data"]["persistentVolumeClaim"]["claimName"] == "reprank-data"
 
 
 def test_external_qdrant_and_host_path_models():
