@@ -196,7 +196,8 @@ def test_service_monitor_rules_and_dashboard(gpu_docs):
     assert all(sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in s["spec"]["ports"]} for s in scraped)
 
     rules = {r["alert"]: r for r in alert_rules(gpu_docs)}
-    assert set(rules) >= {"RepRankHighP99Latency", "RepRankHigh5xxRate", "RepRankQueueSaturated"}
+    assert set(rules) >= {"RepRankHighP99Latency", "RepRankHigh5xxRate", "RepRankQueueSaturated",
+                          "RepRankWorkerFailures"}
     p99 = rules["RepRankHighP99Latency"]["expr"]
     assert p99.startswith("histogram_quantile(0.99,") and "reprank_request_seconds_bucket{" in p99
     assert p99.endswith("> 2") and 'namespace="rag"' in p99
@@ -214,7 +215,8 @@ def test_service_monitor_rules_and_dashboard(gpu_docs):
     assert dash["uid"] == "reprank" and len(dash["panels"]) > 10
     titles = " | ".join(p["title"].lower() for p in dash["panels"])
     for topic in ("request rate", "latency per route", "latency per stage", "queue depth", "tokens per batch",
-                  "padding", "throughput", "rejections", "errors by status"):
+                  "padding", "throughput", "rejections", "errors by status", "worker call latency",
+                  "worker failures"):
         assert topic in titles, topic
     for expr in dashboard_exprs(dash):
         assert balanced(expr), expr
