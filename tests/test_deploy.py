@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -149,6 +150,7 @@ def test_gpu_cluster_gateway_workers_and_qdrant(gpu_docs):
     worker_key = {"secretKeyRef": {"name": "reprank-worker-key", "key": "api-key"}}
     assert env["REPRANK_WORKER_API_KEY"] == worker_key
     assert "REPRANK_DATA_DIR" not in env and "REPRANK_MODEL" not in env
+    assert (env["REPRANK_QDRANT_QUANTIZATION"], env["REPRANK_QDRANT_SHARD_NUMBER"]) == ("int8", "6")
     # API keys: the existing Secret, mounted as a file the gateway reads
     assert env["REPRANK_API_KEYS_FILE"] == "/etc/reprank/api-keys/api-keys"
     volumes = {v["name"]: v for v in gw["spec"]["template"]["spec"]["volumes"]}
@@ -285,6 +287,28 @@ def test_external_qdrant_and_host_path_models():
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["models"]["hostPath"] == {"path": "/mnt/models", "type": "Directory"}
     assert find(docs, "HorizontalPodAutoscaler") and find(docs, "PodDisruptionBudget")
+
+
+def test_every_command_and_setting_the_chart_passes_exists(default_docs, gpu_docs, monkeypatch):
+    """The chart's args parse with reprank's own CLI and its REPRANK_* env names are Settings fields."""
+    from cli import build_parser
+    from service.settings import Settings
+
+    docs = default_docs + gpu_docs + render(GPU_VALUES, {"indexer": {"enabled": True, "engine": "ray"}})
+    containers = [c for spec in pod_specs(docs) for c in spec["containers"]]
+    assert len(containers) == 8
+    for c in containers:
+        build_parser().parse_args(c["args"])  # SystemExit on an unknown flag or choice
+        env = {e["name"]: e.get("value", "secret-from-a-Secret") for e in c["env"]}
+        unknown = {n for n in env if n.startswith("REPRANK_")
+                   and n.removeprefix("REPRANK_").lower() not in Settings.model_fields}
+        unknown -= {"REPRANK_MODEL_CACHE"}  # read by models/loading.py, not a setting
+        assert not unknown, (c["name"], unknown)
+        for name in [n for n in os.environ if n.startswith("REPRANK_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        Settings()  # every value parses
 
 
 # Dockerfiles

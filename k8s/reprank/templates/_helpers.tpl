@@ -66,14 +66,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "http://%s-%s:%v" (include "reprank.fullname" .root) .component .root.Values.workerServicePort -}}
 {{- end -}}
 
-{{/* REPRANK_* settings of a model-serving process: dict "c" <component values> "fields" <values key: field> */}}
+{{/* REPRANK_* env items from values: dict "c" <values map> "fields" <values key: settings field, upper case> */}}
+{{- define "reprank.settingsEnv" -}}
+{{- range $key, $field := .fields }}
+{{- $value := index $.c $key }}
+{{- if or (kindIs "bool" $value) $value }}
+- name: REPRANK_{{ $field }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The settings of a model-serving process: its model fields plus the batching knobs */}}
 {{- define "reprank.modelEnv" -}}
 {{- $fields := merge (dict "device" "DEVICE" "dtype" "DTYPE" "maxBatchTokens" "MAX_BATCH_TOKENS" "maxBatchSize" "MAX_BATCH_SIZE" "maxQueueTokens" "MAX_QUEUE_TOKENS") .fields -}}
-{{- range $key, $field := $fields }}
-{{- with index $.c $key }}
-- name: REPRANK_{{ $field }}
-  value: {{ . | quote }}
-{{- end }}
+{{- include "reprank.settingsEnv" (dict "c" .c "fields" $fields) }}
+{{- end -}}
+
+{{/* Qdrant server collection settings (indexer/qdrant_config.py), for the processes that open the store */}}
+{{- define "reprank.qdrantEnv" -}}
+{{- if include "reprank.qdrantUrl" . }}
+{{- $fields := dict "hnswM" "QDRANT_HNSW_M" "hnswEfConstruct" "QDRANT_HNSW_EF_CONSTRUCT" "hnswEf" "QDRANT_HNSW_EF" "quantization" "QDRANT_QUANTIZATION" "quantizationAlwaysRam" "QDRANT_QUANTIZATION_ALWAYS_RAM" "oversampling" "QDRANT_OVERSAMPLING" "rescore" "QDRANT_RESCORE" "onDisk" "QDRANT_ON_DISK" "shardNumber" "QDRANT_SHARD_NUMBER" "replicationFactor" "QDRANT_REPLICATION_FACTOR" "writeConsistencyFactor" "QDRANT_WRITE_CONSISTENCY_FACTOR" "payloadIndexes" "QDRANT_PAYLOAD_INDEXES" }}
+{{- include "reprank.settingsEnv" (dict "c" .Values.qdrantCollection "fields" $fields) }}
 {{- end }}
 {{- end -}}
 
@@ -146,6 +160,7 @@ spec:
               name: {{ . }}
               key: {{ $v.qdrantApiKey.key }}
         {{- end }}
+        {{- include "reprank.qdrantEnv" $root | nindent 8 }}
         {{- end }}
         {{- if .data }}
         - name: REPRANK_DATA_DIR
