@@ -4,7 +4,9 @@ Concurrent requests put their token sequences on one bounded queue; a single wor
 everything waiting, sorts it by length (so a batch pads little), cuts it into batches whose padded
 size stays under `max_batch_tokens`, runs them on the device and resolves each sequence's future.
 A request that does not fit in the queue is refused at once (`QueueFull`) instead of waiting
-unboundedly; a future cancelled before its batch runs (client gone) costs no model time.
+unboundedly. A sequence is admitted to the model only at the start of its own batch: one whose future
+was cancelled meanwhile (the service cancels it when the client disconnects or the request's deadline
+passes) is dropped there, so it costs no model time.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class TokenBatcher:
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closed = False
+        self.dropped = 0  # sequences whose future was cancelled before their batch ran
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -110,10 +113,18 @@ class TokenBatcher:
             items = self._take()
             if not items:
                 return
-            live = [it for it in items if it.future.set_running_or_notify_cancel()]
-            live.sort(key=lambda it: len(it.ids))
-            for batch in self._cut(live):
-                self._run_batch(batch)
+            items.sort(key=lambda it: len(it.ids))
+            for batch in self._cut(items):
+                batch = [it for it in batch if self._admit(it)]
+                if batch:
+                    self._run_batch(batch)
+
+    def _admit(self, it: _Item) -> bool:
+        """Mark the sequence running, unless its future was cancelled meanwhile (then drop it)."""
+        if it.future.set_running_or_notify_cancel():
+            return True
+        self.dropped += 1
+        return False
 
     def _cut(self, items: list[_Item]) -> list[list[_Item]]:
         """Consecutive runs of the length-sorted items whose padded size fits the budget."""

@@ -12,9 +12,11 @@ from fastapi import FastAPI, Request
 
 from indexer.store import open_store
 from service import errors
+from service.lifecycle import RequestLifecycle
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.routes import router
+from service.security import LimitBody, RequireApiKey, disable_telemetry, key_digests
 from service.settings import Settings
 from service.workers import open_models
 
@@ -28,13 +30,16 @@ async def load_pipeline(settings: Settings, store, metrics: Metrics) -> Pipeline
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    disable_telemetry()
     settings = settings or Settings()
     metrics = Metrics()
+    keys = key_digests(settings.api_keys and settings.api_keys.get_secret_value(), settings.api_keys_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
-        state.ready, state.pipeline, state.load_error = False, None, None
+        state.ready, state.pipeline, state.load_error, state.draining = False, None, None, False
+        metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
         store = None if settings.role == "worker" else open_store(
             settings.data_dir, settings.qdrant_url, settings.qdrant_api_key)
 
@@ -60,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.pipeline.close()
         if store is not None:
             store.close()
+        if metrics_server:
+            metrics_server.shutdown()
 
     app = FastAPI(title="reprank", version="0.1.0", lifespan=lifespan,
                   description="LLM retrieval and reranking: OpenAI embeddings, Cohere rerank, search")
@@ -67,6 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(router)
+    app.add_middleware(RequestLifecycle, request_timeout=settings.request_timeout)
+    app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
+    if keys:
+        app.add_middleware(RequireApiKey, digests=keys)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

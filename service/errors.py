@@ -43,7 +43,7 @@ def as_api_error(exc: Exception) -> ApiError | None:
 
 
 _STATUS_TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                 413: "too_large", 422: "invalid_request", 429: "overloaded", 503: "unavailable"}
+                 413: "too_large", 422: "invalid_request", 429: "overloaded", 503: "unavailable", 504: "timeout"}
 
 
 def install(app: FastAPI) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 from models.batching import BatchStats
 
@@ -41,6 +42,8 @@ class Metrics:
         self.truncated = Counter("reprank_truncated_tokens", "tokens cut by requested truncation", ["model"],
                                  registry=r)
         self.ready = Gauge("reprank_ready", "1 once models are loaded and warmed up", registry=r)
+        self._dropped = _Dropped()
+        r.register(self._dropped)
         self.worker_seconds = Histogram("reprank_worker_seconds", "gateway: one HTTP attempt to a worker",
                                         ["task"], buckets=LATENCY, registry=r)
         self.worker_failures = Counter("reprank_worker_failures", "gateway: failed attempts to a worker replica",
@@ -59,6 +62,7 @@ class Metrics:
         self.queue_depth.labels(model).set_function(lambda: batcher.depth)
         self.queue_tokens.labels(model).set_function(lambda: batcher.queued_tokens)
         self.queue_limit.labels(model).set_function(lambda: batcher.max_queue_tokens)
+        self._dropped.batchers[model] = batcher
 
     @contextmanager
     def timed(self, stage: str, timings: dict):
@@ -78,3 +82,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int):
+        """/metrics on its own port (a thread); returns the server, to shut down with the app."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server
+
+
+class _Dropped:
+    """reprank_dropped_total{model}: sequences cancelled (client gone, deadline passed) before they ran."""
+
+    def __init__(self):
+        self.batchers: dict = {}
+
+    def collect(self):
+        family = CounterMetricFamily("reprank_dropped", "sequences dropped before reaching the model: client "
+                                     "disconnected or request deadline passed", labels=["model"])
+        for model, batcher in self.batchers.items():
+            family.add_metric([model], batcher.dropped)
+        yield family

@@ -6,7 +6,7 @@ import base64
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.errors import ApiError, body
 from service.pipeline import Pipeline, require_text
@@ -22,9 +22,11 @@ from service.schemas import (
     SearchRequest,
     SearchResponse,
     Usage,
+    error_responses,
 )
 
 router = APIRouter()
+MODEL_ERRORS = error_responses(400, 401, 404, 413, 422, 429, 503, 504)
 
 
 def pipeline(request: Request) -> Pipeline:
@@ -40,7 +42,7 @@ def check_model(requested: str | None, served: set[str], task: str) -> None:
         raise ApiError(404, f"{task} model {requested!r} is not served here; see GET /v1/models", "not_found")
 
 
-@router.post("/v1/embeddings", response_model=EmbeddingsResponse)
+@router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=MODEL_ERRORS)
 async def embeddings(req: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
     p = pipeline(request)
     check_model(req.model, p.model_ids["embedding"], "embedding")
@@ -63,7 +65,7 @@ async def embeddings(req: EmbeddingsRequest, request: Request) -> EmbeddingsResp
     )
 
 
-@router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
+@router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=MODEL_ERRORS)
 async def rerank(req: RerankRequest, request: Request) -> RerankResponse:
     p = pipeline(request)
     check_model(req.model, p.model_ids["rerank"], "rerank")
@@ -88,12 +90,12 @@ async def rerank(req: RerankRequest, request: Request) -> RerankResponse:
     )
 
 
-@router.post("/v1/search", response_model=SearchResponse)
+@router.post("/v1/search", response_model=SearchResponse, responses=MODEL_ERRORS)
 async def search(req: SearchRequest, request: Request) -> SearchResponse:
     return await pipeline(request).search(req)
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 503, 504))
 async def models(request: Request) -> ModelList:
     return ModelList(data=pipeline(request).cards())
 
@@ -103,15 +105,18 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(request: Request):
     state = request.app.state
-    if state.ready:
+    if state.ready and not state.draining:
         return {"status": "ready"}
-    reason = f"model loading failed: {state.load_error}" if state.load_error else "models are still loading"
+    reason = ("draining: shutting down" if state.draining else
+              f"model loading failed: {state.load_error}" if state.load_error else "models are still loading")
     return JSONResponse(body(503, f"not ready: {reason}", "unavailable"), 503, headers={"Retry-After": "5"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses=error_responses(404))
 async def metrics(request: Request) -> Response:
+    if request.app.state.settings.metrics_port:
+        raise ApiError(404, "metrics are served on their own port (REPRANK_METRICS_PORT)", "not_found")
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

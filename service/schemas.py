@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(value: Any) -> None:
+    """JSON may escape a lone UTF-16 surrogate (\\ud800); no tokenizer or store can take one."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise ValueError("text contains a lone UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_unicode(k)
+            _check_unicode(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_unicode(v)
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        _check_unicode(data)
+        return data
 
 
 class EmbeddingsRequest(_Request):
@@ -120,3 +143,24 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+
+
+class ErrorBody(BaseModel):
+    """The one error body of every route (README: errors)."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict:
+    """OpenAPI `responses=` for a route's documented error statuses, all with the one error body."""
+    why = {400: "empty input", 401: "missing or invalid API key", 404: "unknown collection or model",
+           413: "too large: body, inputs, documents or an input over the max length", 422: "invalid request",
+           429: "queue full; see Retry-After", 503: "not ready, or a dependency is down; see Retry-After",
+           504: "the request's deadline passed"}
+    return {s: {"model": ErrorBody, "description": why[s]} for s in statuses}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 UrlList = Annotated[list[str], NoDecode]  # env: comma-separated, not JSON
@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     max_candidates: int = 200
     default_candidates: int = 20  # retrieved then reranked when a search names no count
     warmup: bool = True
+
+    # reliability and security (README: Operations)
+    request_timeout: float = 60.0  # seconds a request may take (504 after); X-Request-Timeout can shorten it
+    shutdown_delay: float = 0.0  # after SIGTERM: seconds of service with /readyz 503 before draining
+    max_body_bytes: int = 10 * 1024 * 1024  # larger request bodies get 413 before they are parsed
+    api_keys: SecretStr | None = None  # comma-separated; when set (or a file), every data route needs a key
+    api_keys_file: Path | None = None  # one key, or sha256:<hex digest>, per line
+    metrics_port: int | None = None  # serve /metrics on this port instead of the API port
 
     # gateway/worker split (service/workers.py)
     role: Literal["all", "gateway", "worker"] = "all"  # all = models and search in this one process

@@ -228,10 +228,8 @@ def test_service_monitor_rules_and_dashboard(gpu_docs):
 def test_indexer_job_and_created_api_key_secret():
     docs = render(GPU_VALUES, {"indexer": {"enabled": True, "engine": "ray", "rayAddress": "ray://head:10001"},
                                "apiKeys": {"existingSecret": "", "keys": ["k1", "k2"]}})
-    job = one(docs, "Job", "reprank-indexer-r1")  # a new Job per release revision
-    assert "annotations" not in job["metadata"]
-    hook = one(render(GPU_VALUES, {"indexer": {"enabled": True, "hook": True}}), "Job", "reprank-indexer")
-    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    job = one(docs, "Job", "reprank-indexer")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     spec = job["spec"]["template"]["spec"]
     assert spec["restartPolicy"] == "Never"
     (c,) = spec["containers"]
@@ -270,7 +268,7 @@ def test_values_that_cannot_work_fail_at_render(values, message):
 def test_indexer_on_the_embedded_store_while_the_server_is_scaled_to_zero():
     docs = render({"gateway": {"replicas": 0}, "indexer": {"enabled": True, "corpus": "/models/corpus.jsonl"}})
     assert one(docs, "Deployment", "reprank-gateway")["spec"]["replicas"] == 0
-    spec = one(docs, "Job", "reprank-indexer-r1")["spec"]["template"]["spec"]
+    spec = one(docs, "Job", "reprank-indexer")["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     env = env_of(c)
     assert env["REPRANK_DATA_DIR"] == "/data" and "REPRANK_QDRANT_URL" not in env
