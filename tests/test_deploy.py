@@ -228,8 +228,10 @@ def test_service_monitor_rules_and_dashboard(gpu_docs):
 def test_indexer_job_and_created_api_key_secret():
     docs = render(GPU_VALUES, {"indexer": {"enabled": True, "engine": "ray", "rayAddress": "ray://head:10001"},
                                "apiKeys": {"existingSecret": "", "keys": ["k1", "k2"]}})
-    job = one(docs, "Job", "reprank-indexer")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    job = one(docs, "Job", "reprank-indexer-r1")  # a new Job per release revision
+    assert "annotations" not in job["metadata"]
+    hook = one(render(GPU_VALUES, {"indexer": {"enabled": True, "hook": True}}), "Job", "reprank-indexer")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     spec = job["spec"]["template"]["spec"]
     assert spec["restartPolicy"] == "Never"
     (c,) = spec["containers"]
@@ -268,12 +270,25 @@ def test_values_that_cannot_work_fail_at_render(values, message):
 def test_indexer_on_the_embedded_store_while_the_server_is_scaled_to_zero():
     docs = render({"gateway": {"replicas": 0}, "indexer": {"enabled": True, "corpus": "/models/corpus.jsonl"}})
     assert one(docs, "Deployment", "reprank-gateway")["spec"]["replicas"] == 0
-    spec = one(docs, "Job", "reprank-indexer")["spec"]["template"]["spec"]
+    spec = one(docs, "Job", "reprank-indexer-r1")["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     env = env_of(c)
     assert env["REPRANK_DATA_DIR"] == "/data" and "REPRANK_QDRANT_URL" not in env
     assert c["args"][:3] == ["index", "--corpus", "/models/corpus.jsonl"] and "nvidia.com/gpu" not in str(c)
     assert {v["name"]: v for v in spec["volumes"]}["data"]["persistentVolumeClaim"]["claimName"] == "reprank-data"
+
+
+def test_metrics_on_a_port_of_their_own(gpu_docs):
+    docs = render(GPU_VALUES, {"metrics": {"port": 9090}})
+    sm = one(docs, "ServiceMonitor", "reprank")
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    for dep in find(docs, "Deployment"):
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+        assert env_of(c)["REPRANK_METRICS_PORT"] == "9090"
+    for svc in find(docs, "Service"):
+        assert {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"} in svc["spec"]["ports"]
+    assert one(gpu_docs, "ServiceMonitor", "reprank")["spec"]["endpoints"][0]["port"] == "http"
 
 
 def test_external_qdrant_and_host_path_models():
@@ -294,7 +309,8 @@ def test_every_command_and_setting_the_chart_passes_exists(default_docs, gpu_doc
     from cli import build_parser
     from service.settings import Settings
 
-    docs = default_docs + gpu_docs + render(GPU_VALUES, {"indexer": {"enabled": True, "engine": "ray"}})
+    docs = default_docs + gpu_docs + render(GPU_VALUES, {"indexer": {"enabled": True, "engine": "ray"},
+                                                         "metrics": {"port": 9090}})
     containers = [c for spec in pod_specs(docs) for c in spec["containers"]]
     assert len(containers) == 8
     for c in containers:

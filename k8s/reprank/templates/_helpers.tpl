@@ -62,6 +62,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.apiKeys.existingSecret | default (printf "%s-api-keys" (include "reprank.fullname" .)) -}}
 {{- end -}}
 
+{{/* The Service's metrics port, when /metrics has a port of its own */}}
+{{- define "reprank.metricsServicePort" -}}
+{{- with .Values.metrics.port }}
+- name: metrics
+  port: {{ . }}
+  targetPort: metrics
+  protocol: TCP
+{{- end }}
+{{- end -}}
+
 {{- define "reprank.workerUrl" -}}
 {{- printf "http://%s-%s:%v" (include "reprank.fullname" .root) .component .root.Values.workerServicePort -}}
 {{- end -}}
@@ -133,7 +143,16 @@ spec:
         - name: http
           containerPort: 8000
           protocol: TCP
+        {{- with $v.metrics.port }}
+        - name: metrics
+          containerPort: {{ . }}
+          protocol: TCP
+        {{- end }}
       env:
+        {{- with $v.metrics.port }}
+        - name: REPRANK_METRICS_PORT  # /metrics here instead of on the API port
+          value: {{ . | quote }}
+        {{- end }}
         - name: REPRANK_HOST
           value: "0.0.0.0"
         - name: REPRANK_PORT
