@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", required=True)
     p.add_argument("--chunk-size", type=int, default=64, help="documents encoded and written per step")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: Ray Data reads the corpus and an actor pool of encoders embeds it (README: Ray)")
+    p.add_argument("--ray-address", help="the Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--ray-actors", type=int, help="encoder actors (default: one per GPU, else CPUs - 1)")
+    p.add_argument("--in-place", action="store_true", help="Qdrant server: upsert into the collection (or its "
+                   "alias target) instead of building COLLECTION-v<n> and moving the alias COLLECTION to it")
+    p.add_argument("--keep-versions", type=int, default=1, help="Qdrant server: old versions kept for rollback")
     _common(p)
 
     p = sub.add_parser("serve", help="serve the REST API with uvicorn")
@@ -97,26 +104,11 @@ def settings_from(args: argparse.Namespace):
 
 
 def cmd_index(args) -> int:
-    from indexer.corpus import count_documents, read_corpus
-    from indexer.run import index_corpus
-    from indexer.store import open_store
-    from models import open_encoder
+    from indexer.jobs import IndexJob, run_index
 
-    s = settings_from(args)
-    total = count_documents(args.corpus)
-    store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
-    encoder = open_encoder(s.model, s.model_preset, base=s.base, device=s.torch_device(), dtype=s.torch_dtype(),
-                           max_batch_tokens=s.batch_tokens(), max_batch_size=s.max_batch_size)
-    try:
-        stats = index_corpus(read_corpus(args.corpus), encoder, store, args.collection,
-                             chunk_size=args.chunk_size, total=total, progress=not args.no_progress)
-        count = store.count(args.collection)
-    finally:
-        encoder.close()
-        store.close()
-    print(f"{args.collection}: {stats.indexed} documents encoded ({stats.docs_per_s:.1f} docs/s), "
-          f"{stats.skipped} already present, {count} in the collection; "
-          f"{stats.truncated_tokens} tokens truncated")
+    job = IndexJob(args.corpus, args.collection, args.engine, args.chunk_size, not args.no_progress,
+                   args.in_place, args.keep_versions, args.ray_address, args.ray_actors)
+    print(run_index(job, settings_from(args)))
     return 0
 
 
@@ -162,7 +154,6 @@ def cmd_search(args) -> int:
 
 
 async def _search_here(args, body: dict) -> dict:
-    from indexer.store import open_store
     from service.app import load_pipeline
     from service.metrics import Metrics
     from service.schemas import SearchRequest
@@ -171,7 +162,7 @@ async def _search_here(args, body: dict) -> dict:
     if args.no_rerank:
         s.reranker = "none"
     s.warmup = False
-    store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
+    store = s.open_store()
     pipeline = await load_pipeline(s, store, Metrics())
     try:
         return (await pipeline.search(SearchRequest(**body))).model_dump()

@@ -40,6 +40,8 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from indexer.qdrant_config import INDEX_TYPES, ServerConfig
+
 DENSE = "dense"
 SPARSE = "bm25"
 RRF_K = 2  # Qdrant's default RRF constant, spelled out so both backends fuse alike
@@ -110,11 +112,12 @@ class VectorStore(Protocol):
 
 
 def open_store(
-    data_dir: str | Path, qdrant_url: str | None = None, api_key: str | None = None
+    data_dir: str | Path, qdrant_url: str | None = None, api_key: str | None = None,
+    server: ServerConfig | None = None,
 ) -> VectorStore:
     """A Qdrant server store when a URL is given, else the embedded Edge store under ``data_dir``."""
     if qdrant_url:
-        return ServerStore(qdrant_url, api_key=api_key)
+        return ServerStore(qdrant_url, api_key=api_key, config=server)
     return EdgeStore(data_dir)
 
 
@@ -477,7 +480,10 @@ class ServerStore:
     """A Qdrant server (or cluster) through qdrant-client; ``location=":memory:"`` gives its test double.
 
     The collection's ``info`` lives in Qdrant's collection metadata (server 1.16+), its dimension in the
-    vectors config. Extra keyword arguments go to ``QdrantClient`` (e.g. ``prefer_grpc=True``, ``timeout``).
+    vectors config. ``config`` sets HNSW, quantization, on-disk vectors, sharding and payload indexes
+    for new collections, and the search params of queries. Any name may be an alias (the server
+    resolves it), which is how `reprank index` swaps in a rebuilt collection (indexer/reindex.py).
+    Extra keyword arguments go to ``QdrantClient`` (e.g. ``prefer_grpc=True``, ``timeout``).
     """
 
     def __init__(
@@ -486,11 +492,14 @@ class ServerStore:
         api_key: str | None = None,
         *,
         location: str | None = None,
+        config: ServerConfig | None = None,
         **client_options: Any,
     ):
         if (url is None) == (location is None):
             raise ValueError("give exactly one of url or location")
         self.where = url or location
+        self.config = config or ServerConfig()
+        self._search = self.config.search_params()
         if url is not None:
             self._client = QdrantClient(url=url, api_key=api_key, **client_options)
         else:
@@ -542,15 +551,43 @@ class ServerStore:
         if exists:
             _check_compatible(name, *self._describe(name), dim, info)
             return
+        c = self.config
         with self._errors(name):
             self._client.create_collection(
                 name,
-                vectors_config={DENSE: qm.VectorParams(size=dim, distance=qm.Distance.COSINE)},
+                vectors_config={DENSE: c.vector_params(dim)},
                 sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
                 metadata=info,
+                **c.cluster(),
             )
-            self._client.create_payload_index(name, "doc_id", qm.PayloadSchemaType.KEYWORD, wait=True)
+            # payload indexes before the first upsert, so the HNSW graph gets their filter links
+            indexes = [("doc_id", "keyword")] + [(f"metadata.{f}", t) for f, t in c.payload_indexes]
+            for field_name, kind in indexes:
+                self._client.create_payload_index(name, field_name, INDEX_TYPES[kind], wait=True)
         self._dims[name] = dim
+
+    # Aliases: a stable name over versioned collections, moved atomically
+
+    def alias_target(self, alias: str) -> str | None:
+        with self._errors():
+            found = [a.collection_name for a in self._client.get_aliases().aliases if a.alias_name == alias]
+        return found[0] if found else None
+
+    def point_alias(self, alias: str, collection: str) -> None:
+        """Move (or create) ``alias`` to ``collection`` in one request: readers never see it missing."""
+        ops: list = []
+        if self.alias_target(check_name(alias)) is not None:
+            ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
+        ops.append(qm.CreateAliasOperation(
+            create_alias=qm.CreateAlias(collection_name=check_name(collection), alias_name=alias)))
+        with self._errors(collection):
+            self._client.update_collection_aliases(change_aliases_operations=ops)
+        self._dims.pop(alias, None)
+
+    def delete_collection(self, name: str) -> None:
+        with self._errors(check_name(name)):
+            self._client.delete_collection(name)
+        self._dims.pop(name, None)
 
     def collection_info(self, name: str) -> dict:
         dim, info = self._describe(name)
@@ -606,7 +643,7 @@ class ServerStore:
                 response = self._client.query_points(
                     name,
                     prefetch=[
-                        qm.Prefetch(query=dense, using=DENSE, limit=limit, filter=flt),
+                        qm.Prefetch(query=dense, using=DENSE, limit=limit, filter=flt, params=self._search),
                         qm.Prefetch(query=_server_sparse(sparse), using=SPARSE, limit=limit, filter=flt),
                     ],
                     query=qm.RrfQuery(rrf=qm.Rrf(k=RRF_K)),
@@ -616,7 +653,8 @@ class ServerStore:
                 )
             else:  # no hybrid text, or no BM25 term in it (only stopwords): dense alone
                 response = self._client.query_points(
-                    name, query=dense, using=DENSE, query_filter=flt, limit=limit, with_payload=True
+                    name, query=dense, using=DENSE, query_filter=flt, limit=limit, with_payload=True,
+                    search_params=self._search,
                 )
         return _hits(response.points)
 

@@ -26,6 +26,11 @@ def _pick(model: str, preset: str | None, presets: dict, flag: str) -> tuple[str
     return model, preset
 
 
+def encoder_source(model: str, preset: str | None = None) -> tuple[str, str]:
+    """(source, preset name) an encoder would load, without loading it (a Ray driver names the collection)."""
+    return _pick(model, preset, ENCODERS, "--model")
+
+
 def open_encoder(model: str = "smollm2", preset: str | None = None, *, base=None, device="cpu", dtype=None,
                  **batching):
     """An Encoder for a preset name or a local checkpoint/adapter path."""

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from indexer.store import open_store
 from service import errors
 from service.lifecycle import RequestLifecycle
 from service.metrics import Metrics
@@ -40,8 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = app.state
         state.ready, state.pipeline, state.load_error, state.draining = False, None, None, False
         metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
-        store = None if settings.role == "worker" else open_store(
-            settings.data_dir, settings.qdrant_url, settings.qdrant_api_key)
+        store = None if settings.role == "worker" else settings.open_store()
 
         async def load() -> None:
             start = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-UrlList = Annotated[list[str], NoDecode]  # env: comma-separated, not JSON
+CommaList = Annotated[list[str], NoDecode]  # env: comma-separated, not JSON
 
 
 class Settings(BaseSettings):
@@ -50,8 +50,8 @@ class Settings(BaseSettings):
 
     # gateway/worker split (service/workers.py)
     role: Literal["all", "gateway", "worker"] = "all"  # all = models and search in this one process
-    encoder_urls: UrlList = []  # gateway: encoder worker replicas (env REPRANK_ENCODER_URLS=a,b)
-    reranker_urls: UrlList = []  # gateway: reranker worker replicas; none = no reranking
+    encoder_urls: CommaList = []  # gateway: encoder worker replicas (env REPRANK_ENCODER_URLS=a,b)
+    reranker_urls: CommaList = []  # gateway: reranker worker replicas; none = no reranking
     worker_timeout_s: float = 30.0  # per attempt; a replica slower than this counts as down
     worker_retries: int = 1  # extra rounds over all replicas after the first
     worker_backoff_s: float = 0.2  # before round n: backoff * 2**(n-1)
@@ -63,11 +63,43 @@ class Settings(BaseSettings):
     remote_rerank_query_format: str | None = None  # e.g. "query: {query}"
     remote_rerank_document_format: str | None = None  # e.g. "document: {document}"
 
-    @field_validator("encoder_urls", "reranker_urls", mode="before")
+    @field_validator("encoder_urls", "reranker_urls", "qdrant_payload_indexes", mode="before")
     @classmethod
-    def _split_urls(cls, v):
+    def _split_commas(cls, v):
         items = v.split(",") if isinstance(v, str) else [p for x in v for p in str(x).split(",")]
         return [u.strip() for u in items if u.strip()]
+
+    # Qdrant server collections (indexer/qdrant_config.py; README: Qdrant server)
+    qdrant_hnsw_m: int | None = None  # server default 16
+    qdrant_hnsw_ef_construct: int | None = None  # server default 100
+    qdrant_hnsw_ef: int | None = None  # query-time beam; server default = ef_construct
+    qdrant_quantization: Literal["none", "int8", "binary"] = "none"
+    qdrant_quantization_always_ram: bool = True
+    qdrant_oversampling: float | None = None  # e.g. 2.0: preselect 2x by quantized score, then rescore
+    qdrant_rescore: bool | None = None
+    qdrant_on_disk: bool = False  # original vectors on disk (memory-mapped)
+    qdrant_shard_number: int | None = None
+    qdrant_replication_factor: int | None = None
+    qdrant_write_consistency_factor: int | None = None
+    qdrant_payload_indexes: CommaList = []  # metadata fields filters use: "section,size:integer"
+
+    def server_config(self):
+        from indexer.qdrant_config import ServerConfig, parse_payload_indexes
+
+        return ServerConfig(
+            hnsw_m=self.qdrant_hnsw_m, hnsw_ef_construct=self.qdrant_hnsw_ef_construct,
+            hnsw_ef=self.qdrant_hnsw_ef, quantization=self.qdrant_quantization,
+            quantization_always_ram=self.qdrant_quantization_always_ram, oversampling=self.qdrant_oversampling,
+            rescore=self.qdrant_rescore, on_disk=self.qdrant_on_disk, shard_number=self.qdrant_shard_number,
+            replication_factor=self.qdrant_replication_factor,
+            write_consistency_factor=self.qdrant_write_consistency_factor,
+            payload_indexes=parse_payload_indexes(self.qdrant_payload_indexes))
+
+    def open_store(self):
+        """The embedded store under data_dir, or the Qdrant server at qdrant_url with these settings."""
+        from indexer.store import open_store
+
+        return open_store(self.data_dir, self.qdrant_url, self.qdrant_api_key, self.server_config())
 
     def torch_device(self) -> str:
         import torch
