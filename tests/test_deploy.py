@@ -441,5 +441,6 @@ def test_dashboard_and_alert_metrics_exist_in_the_service(metrics_text, gpu_docs
     # the labelled series behind the main panels exist after one request of each kind
     for series in ('reprank_request_seconds_bucket{le="0.005",route="/v1/search"}', 'stage="rerank"',
                    'reprank_queue_limit_tokens{model=', 'reprank_batch_padded_tokens_sum{model=',
-                   'reprank_errors_total{route="/v1/search",status="400"}', "reprank_truncated_tokens_total{"):
+                   'reprank_errors_total{route="/v1/search",status="400"}', "reprank_truncated_tokens_total{",
+                   "reprank_dropped_total{model="):
         assert series in metrics_text, series
