@@ -7,6 +7,8 @@ import threading
 from concurrent.futures import CancelledError, Future, wait
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.batching import BatchStats, TokenBatcher, gather
 from models.errors import QueueFull
@@ -303,4 +305,68 @@ def test_gather_over_batcher_cancel_skips_model_time(fake):
         assert b.submit([seq(5, 1)])[0].result(TIMEOUT)[0] == 5
         assert not {3, 4} & {s[0] for s in fake.seen()}
     finally:
+        b.close()
+
+
+def test_a_cancel_after_the_take_still_drops_the_sequence(fake):
+    """Admission is per batch: a sequence cancelled while earlier batches of its take run never runs."""
+    b = make(fake, max_batch_size=1)
+    try:
+        futures = b.submit([[BLOCK], seq(2, 2), seq(3, 3), seq(4, 4)])  # one take, four batches
+        assert fake.entered.wait(TIMEOUT)
+        assert futures[2].cancel()
+        fake.gate.set()
+        assert [futures[i].result(TIMEOUT)[0] for i in (1, 3)] == [2, 4]
+        assert [s[0] for s in fake.seen()] == [BLOCK, 2, 4] and b.dropped == 1
+    finally:
+        b.close()
+
+
+requests_st = st.lists(
+    st.tuples(st.lists(st.integers(1, 48), min_size=1, max_size=6),  # lengths of one request's sequences
+              st.booleans(),  # cancelled by its client
+              st.booleans()),  # arrives while the worker is busy (joins the next take) or when it is idle
+    min_size=1, max_size=25)
+
+
+@given(requests=requests_st, max_tokens=st.sampled_from([8, 48, 100, 4096]), max_size=st.integers(1, 9))
+@settings(max_examples=100, deadline=None)
+def test_property_every_request_gets_exactly_its_own_results(requests, max_tokens, max_size):
+    """Whatever the lengths, arrival order and cancellations: each live sequence gets its own result,
+    exactly once; cancelled ones never run; batches keep their budgets."""
+    fake = FakeRun()
+    b = TokenBatcher(fake, max_batch_tokens=max_tokens, max_batch_size=max_size, wait_ms=0)
+    try:
+        blocker = None
+        submitted = []
+        for uid, (lengths, cancel, while_busy) in enumerate(requests):
+            if while_busy and blocker is None:
+                fake.entered.clear()
+                fake.gate.clear()
+                blocker = b.submit([[BLOCK]])[0]
+                assert fake.entered.wait(TIMEOUT)
+            seqs = [seq(uid * 10 + j + 1, n) for j, n in enumerate(lengths)]
+            futures = b.submit(seqs)
+            if cancel and blocker is not None:  # queued behind the busy worker: cancellable for sure
+                assert all(f.cancel() for f in futures)
+            submitted.append((seqs, futures, cancel and blocker is not None))
+            if not while_busy and blocker is not None:
+                fake.gate.set()
+                blocker.result(TIMEOUT)
+                blocker = None
+        fake.gate.set()
+        last = seq(9, 49)  # the longest: the last of its take, so every earlier sequence was settled
+        assert b.submit([last])[0].result(TIMEOUT) == tuple(last)
+        for seqs, futures, cancelled in submitted:
+            for s, f in zip(seqs, futures, strict=True):
+                assert f.cancelled() if cancelled else f.result(TIMEOUT) == tuple(s)
+        live = sorted(tuple(s) for seqs, _, c in submitted if not c for s in seqs)
+        ran = sorted(tuple(s) for s in fake.seen() if s not in ([BLOCK], last))
+        assert ran == live
+        assert b.dropped == sum(len(seqs) for seqs, _, c in submitted if c)
+        for batch in fake.batches:
+            assert len(batch) <= max_size
+            assert len(batch) == 1 or len(batch) * max(map(len, batch)) <= max_tokens
+    finally:
+        fake.gate.set()
         b.close()
