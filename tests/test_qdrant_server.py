@@ -9,6 +9,7 @@ and move atomically.
 import pytest
 from test_store import DIM, make_docs, make_vectors
 
+from indexer.jobs import IndexJob, run_index
 from indexer.qdrant_config import ServerConfig, parse_payload_indexes
 from indexer.reindex import next_version, reindex, versions
 from indexer.store import ServerStore, StoreError, StoreMismatch
@@ -110,3 +111,29 @@ def test_a_plain_collection_cannot_become_an_alias():
     fill(store, "docs")
     with pytest.raises(StoreMismatch, match="--in-place"):
         reindex(store, "docs", lambda name: fill(store, name))
+
+
+class _KeptOpen(ServerStore):
+    """A real local-mode store that outlives `run_index`'s close(), so the test can look inside."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_reprank_index_on_a_server_swaps_the_alias(tiny_llama, tmp_path):
+    store = _KeptOpen(location=":memory:")
+
+    class OnServer(Settings):
+        def open_store(self):
+            return store
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(f'{{"_id": "d{i}", "text": "passage {i} about packages"}}\n' for i in range(5)))
+    s = OnServer(qdrant_url="http://qdrant.invalid:6333", model=str(tiny_llama), model_preset="smollm2")
+    job = IndexJob(str(corpus), "docs", progress=False)
+    assert run_index(job, s).startswith("docs-v1 (alias docs moved from nothing): 5 documents encoded")
+    line = run_index(job, s)
+    assert line.startswith("docs-v2 (alias docs moved from docs-v1): 5 documents encoded") and "5 in the" in line
+    assert store.alias_target("docs") == "docs-v2" and versions(store, "docs") == ["docs-v1", "docs-v2"]
+    in_place = run_index(IndexJob(str(corpus), "docs", progress=False, in_place=True), s)
+    assert in_place.startswith("docs: 0 documents encoded") and "5 already present" in in_place  # via the alias
