@@ -6,7 +6,7 @@ DATA_DIR ?= data
 COLLECTION ?= debian
 PORT ?= 8000
 
-.PHONY: install demo index serve test lint clean
+.PHONY: install demo index serve test lint clean loadtest soak
 
 $(BIN)/reprank: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,17 @@ lint: install
 
 test: install lint
 	$(BIN)/python -m pytest -q
+
+$(VENV)/.load-deps: pyproject.toml | $(BIN)/reprank
+	$(BIN)/pip install -q -e ".[test,load]"   # locust, matplotlib, psutil
+	touch $@
+
+loadtest: install $(VENV)/.load-deps   # ~1 min RAG mix against the embedded default (README: Load tests)
+	$(BIN)/python -m loadtests.run --kind loadtest --scenario rag-mix --users 4 --duration 60
+
+soak: install $(VENV)/.load-deps   # saturation, then 2x for 10 min; not part of `make test`
+	$(BIN)/python -m loadtests.run --kind soak --scenario rag-mix --calibration 120 --duration 600 \
+	    --server-env REPRANK_MAX_QUEUE_TOKENS=1500
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .ruff_cache *.egg-info

@@ -16,21 +16,12 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_service import DOCS, assert_error, post
-
-from indexer.run import index_corpus
-from indexer.store import open_store
-from models import open_encoder
+from test_service import assert_error, indexed_data, post
 
 
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    store = open_store(data)
-    enc = open_encoder(str(tiny_llama), "smollm2")
-    index_corpus(DOCS, enc, store, "docs", progress=False)
-    enc.close()
-    store.close()
+    data = indexed_data(tiny_llama, tmp_path_factory)
     env = {"REPRANK_MAX_INPUTS": "16", "REPRANK_MAX_DOCUMENTS": "1000", "REPRANK_MAX_BODY_BYTES": "2000000"}
     srv = Server(["--data-dir", str(data), "--collection", "docs", *tiny_model_args(tiny_llama)], env)
     yield srv

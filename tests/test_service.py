@@ -25,14 +25,20 @@ DOCS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama, tmp_path_factory):
+def indexed_data(tiny_llama, tmp_path_factory):
+    """A fresh embedded store with DOCS in collection "docs", encoded by the tiny model."""
     data = tmp_path_factory.mktemp("data")
     store = open_store(data)
     enc = open_encoder(str(tiny_llama), "smollm2")
     index_corpus(DOCS, enc, store, "docs", progress=False)
     enc.close()
     store.close()
+    return data
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, tmp_path_factory):
+    data = indexed_data(tiny_llama, tmp_path_factory)
     env = {"REPRANK_MAX_DOCUMENTS": "50", "REPRANK_MAX_INPUTS": "16", "REPRANK_MAX_QUEUE_TOKENS": "6000"}
     srv = Server(["--data-dir", str(data), "--collection", "docs", *tiny_model_args(tiny_llama)], env)
     yield srv
