@@ -29,8 +29,9 @@ def _local(job: IndexJob, s, store, name: str) -> IndexStats:
     from models import open_encoder
 
     total = count_documents(job.corpus)
-    encoder = open_encoder(s.model, s.model_preset, base=s.base, device=s.torch_device(), dtype=s.torch_dtype(),
-                           max_batch_tokens=s.batch_tokens(), max_batch_size=s.max_batch_size)
+    encoder = open_encoder(s.model, s.model_preset, base=s.base, device=s.torch_device(),
+                           dtype=s.torch_dtype(), max_batch_tokens=s.batch_tokens(),
+                           max_batch_size=s.max_batch_size)
     try:
         return index_corpus(read_corpus(job.corpus), encoder, store, name, chunk_size=job.chunk_size,
                             total=total, progress=job.progress)
@@ -69,8 +70,10 @@ def run_index(job: IndexJob, settings) -> str:
     stats: list[IndexStats] = []
     try:
         if settings.qdrant_url and not job.in_place:
-            done = reindex(store, job.collection, lambda name: stats.append(engine(job, settings, store, name)),
-                           keep=job.keep_versions)
+            def build(name: str) -> None:
+                stats.append(engine(job, settings, store, name))
+
+            done = reindex(store, job.collection, build, keep=job.keep_versions)
             where = (f"{done.collection} (alias {done.alias} moved from {done.previous or 'nothing'}"
                      f"{'; deleted ' + ', '.join(done.deleted) if done.deleted else ''})")
         else:

@@ -23,13 +23,14 @@ INDEX_TYPES = {
 
 
 def parse_payload_indexes(specs: list[str]) -> tuple[tuple[str, str], ...]:
-    """["section", "size:integer"] -> (("section", "keyword"), ("size", "integer")): metadata fields to index."""
+    """Metadata fields to index: ["section", "size:integer"] -> (("section", "keyword"), ("size", "integer"))."""
     out = []
     for spec in specs:
         field, _, kind = spec.partition(":")
         kind = kind or "keyword"
         if not field or kind not in INDEX_TYPES:
-            raise ValueError(f"payload index {spec!r}: use FIELD or FIELD:TYPE, TYPE one of {', '.join(INDEX_TYPES)}")
+            raise ValueError(f"payload index {spec!r}: use FIELD or FIELD:TYPE, "
+                             f"TYPE one of {', '.join(INDEX_TYPES)}")
         out.append((field, kind))
     return tuple(out)
 

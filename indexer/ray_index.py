@@ -1,4 +1,4 @@
-"""`reprank index --engine ray`: Ray Data reads and parses the corpus, an actor pool embeds it, the driver writes.
+"""`reprank index --engine ray`: Ray Data reads the corpus, an actor pool embeds it, the driver writes.
 
 Each actor loads the encoder once and encodes its blocks through the same `Encoder` and token
 batcher as the single-process indexer (one actor per GPU, or CPU actors). The vectors stream back

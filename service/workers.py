@@ -217,7 +217,10 @@ class RemoteModel:
 Model = LocalModel | RemoteModel
 
 
-def _load_local(settings: Settings, metrics: Metrics, load_encoder: bool) -> tuple[Model | None, Model | None]:
+Pair = tuple[Model | None, Model | None]  # (encoder, reranker)
+
+
+def _load_local(settings: Settings, metrics: Metrics, load_encoder: bool) -> Pair:
     """Load (and warm up) this process's encoder and reranker; runs in a thread: it takes seconds."""
     from models import open_encoder, open_reranker
 
@@ -242,13 +245,15 @@ def _load_local(settings: Settings, metrics: Metrics, load_encoder: bool) -> tup
     return encoder, reranker
 
 
-async def open_models(settings: Settings, metrics: Metrics) -> tuple[Model | None, Model | None]:
+async def open_models(settings: Settings, metrics: Metrics) -> Pair:
     """(encoder, reranker) for the process's role: local models, or remote workers for a gateway."""
     if settings.role != "gateway":
         return await asyncio.to_thread(_load_local, settings, metrics, settings.model != "none")
     if not settings.encoder_urls:
         raise ValueError("--role gateway needs --encoder-url (env REPRANK_ENCODER_URLS)")
     encoder = RemoteModel("embedding", settings.encoder_urls, settings, metrics)
-    reranker = RemoteModel("rerank", settings.reranker_urls, settings, metrics) if settings.reranker_urls else None
+    reranker = None
+    if settings.reranker_urls:
+        reranker = RemoteModel("rerank", settings.reranker_urls, settings, metrics)
     await asyncio.gather(*(m.start() for m in (encoder, reranker) if m))
     return encoder, reranker

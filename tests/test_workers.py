@@ -1,7 +1,7 @@
 """RemoteModel against a stand-in for a vLLM server (vLLM itself needs a GPU): the request shapes the
 gateway sends when it applies the prompt templates itself, the vLLM answer shapes it reads, and how
 a pool of replicas turns 429s and 5xxs into one status. The stand-ins speak HTTP through httpx's
-ASGI transport (a router picks the replica); tests/test_gateway.py covers real worker processes over sockets."""
+ASGI transport (a router picks the replica); tests/test_gateway.py has real workers over sockets."""
 
 import asyncio
 
