@@ -1,9 +1,11 @@
 """What the encoder and the reranker share: a loaded model, a batcher, and a padded forward pass.
 
-Batches are right-padded with an attention mask, and the states are read at each row's own last
-real positions (from the sequence lengths, never from `input_ids != pad`, because the pad id may be
-the EOS we appended). Under causal attention a real token never sees the padding after it, so a
-text gives the same state alone or in a padded batch.
+On CUDA a batch runs packed (models.packed: one row, no pad tokens, varlen attention). On CPU it is
+right-padded with an attention mask: the batcher's length-sorted token-budget batches leave little
+padding, and one padded SDPA call per layer beats a loop of per-sequence ones there (measured in
+benchmarks/cpu_bench.py). Either way states are read at each row's own last real positions (from
+the sequence lengths, never from `input_ids != pad`, because the pad id may be the EOS we appended),
+so a text gives the same state alone or in any batch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 import torch
 
 from models.batching import BatchStats, TokenBatcher
+from models.graphs import GraphedBackbone
 from models.loading import LoadedModel
+from models.packed import ATTENTION, packed_last_states, register
 
 
 def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -44,11 +48,20 @@ class ModelRuntime:
         max_queue_tokens: int = 1_000_000,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "model",
+        packed: bool | None = None,
+        cuda_graphs: bool | None = None,
     ):
         self.model = model
+        cuda = model.device.type == "cuda"
+        self.packed = cuda if packed is None else packed
+        if self.packed:
+            register()
+            model.backbone.set_attn_implementation(ATTENTION)
         self.tokenizer = model.tokenizer
         pad = model.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (model.tokenizer.eos_token_id or 0)
+        use_graphs = self.packed and cuda if cuda_graphs is None else cuda_graphs
+        self.graphs = GraphedBackbone(model.backbone, self.pad_id) if use_graphs else None
         self.batcher = TokenBatcher(
             self._run,
             max_batch_tokens=max_batch_tokens,
@@ -64,6 +77,10 @@ class ModelRuntime:
     @torch.inference_mode()
     def last_states(self, seqs: list[list[int]], k: int) -> torch.Tensor:
         """Final-layer hidden states at the last `k` real positions of each sequence: [B, k, H]."""
+        if self.graphs is not None and self.graphs.bucket(seqs) is not None:
+            return self.graphs.last_states(seqs, k)  # small batches: a replayed CUDA graph
+        if self.packed:
+            return packed_last_states(self.model.backbone, seqs, k)
         ids, mask, lengths = pad_right(seqs, self.pad_id, self.model.device)
         hidden = self.model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
         return gather_last(hidden, lengths, k)

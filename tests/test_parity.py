@@ -1,5 +1,6 @@
-"""Every preset gives the same vector / score alone, inside a padded batch with much longer
-neighbours, and in a plain single-example reference forward of the full HF model (fp32)."""
+"""Every preset gives the same vector / score alone, inside a batch with much longer neighbours
+(padded, as on CPU, or packed without padding, as on CUDA), and in a plain single-example reference
+forward of the full HF model (fp32)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ def _model_dir(tmp_path_factory, tokenizer_dir, arch, head, extra=None):
     return build(tmp_path_factory.mktemp(f"{arch}-{head}"), tok, arch, head, extra_tokens=extra)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 @pytest.mark.parametrize("name", list(ENCODERS))
-def test_encoder_parity(tmp_path_factory, tokenizer_dir, arch, name):
+def test_encoder_parity(tmp_path_factory, tokenizer_dir, arch, name, packed):
     preset = ENCODERS[name]
     folder = _model_dir(tmp_path_factory, tokenizer_dir, arch, "none", list(preset.special_tokens) or None)
-    enc = Encoder(load(str(folder), "none", special_tokens=preset.special_tokens), preset, max_batch_tokens=100_000)
+    enc = Encoder(load(str(folder), "none", special_tokens=preset.special_tokens), preset, max_batch_tokens=100_000,
+                  packed=packed)
     try:
         for side in ("query", "passage"):
             alone = enc.encode([SHORT], side).vectors[0]
@@ -49,12 +52,14 @@ def test_encoder_parity(tmp_path_factory, tokenizer_dir, arch, name):
         enc.close()
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 @pytest.mark.parametrize("name", list(RERANKERS))
-def test_reranker_parity(tmp_path_factory, tokenizer_dir, arch, name):
+def test_reranker_parity(tmp_path_factory, tokenizer_dir, arch, name, packed):
     preset = RERANKERS[name]
     folder = _model_dir(tmp_path_factory, tokenizer_dir, arch, preset.head)
-    rr = Reranker(load(str(folder), preset.head, yes_no=preset.yes_no), preset, max_batch_tokens=100_000)
+    rr = Reranker(load(str(folder), preset.head, yes_no=preset.yes_no), preset, max_batch_tokens=100_000,
+                  packed=packed)
     try:
         alone = rr.score(SHORT, [MIDDLE]).scores[0]
         batch = rr.score(SHORT, [LONG, MIDDLE, LONG + " again"]).scores[1]

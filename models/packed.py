@@ -1,0 +1,97 @@
+"""Padding-free forward: a batch's sequences packed into one row, attention kept inside each sequence.
+
+The linear layers, which are most of an LLM's cost, then see exactly the real tokens: no FLOP goes to
+a pad token, whatever the mix of lengths. Position ids restart at 0 for every sequence, so RoPE sees
+each text as if it were alone. Attention runs per sequence: on CUDA through PyTorch's varlen
+FlashAttention kernel (`torch.nn.attention.varlen.varlen_attn`, one launch for the whole batch);
+elsewhere through one causal SDPA call per sequence, which costs exactly the real attention FLOPs.
+
+The attention function is registered with transformers' AttentionInterface under `ATTENTION`, with
+a mask function that builds nothing (the sequence bounds travel as `packed_cu_seqlens`), so a model
+switched to it with `set_attn_implementation(ATTENTION)` keeps its own code for everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION = "reprank_packed"
+
+
+@dataclass
+class Packed:
+    input_ids: torch.Tensor  # [1, total]
+    position_ids: torch.Tensor  # [1, total], restarting at 0 for each sequence
+    cu_seqlens: torch.Tensor  # [n + 1] int32 offsets of the sequences in the row
+    max_length: int
+
+    def last_positions(self, k: int) -> torch.Tensor:
+        """[n, k] row indices of each sequence's last k tokens."""
+        ends = self.cu_seqlens[1:].long()
+        return ends[:, None] - k + torch.arange(k, device=ends.device)[None, :]
+
+
+def pack(seqs: list[list[int]], device) -> Packed:
+    lengths = [len(s) for s in seqs]
+    if not lengths or min(lengths) == 0:
+        raise ValueError("pack needs at least one sequence and no empty one")
+    ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=device)
+    positions = torch.cat([torch.arange(n, device=device) for n in lengths])
+    cu = torch.zeros(len(seqs) + 1, dtype=torch.int32, device=device)
+    cu[1:] = torch.tensor(lengths, device=device).cumsum(0)
+    return Packed(ids[None], positions[None], cu, max(lengths))
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                     packed_cu_seqlens=None, packed_max_length=None, **kwargs):
+    """transformers attention-function signature: q [1, Hq, T, D], k/v [1, Hkv, T, D] -> ([1, T, Hq, D], None)."""
+    if packed_cu_seqlens is None:
+        raise ValueError(f"the {ATTENTION} attention needs packed_cu_seqlens: run the model through models.packed")
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
+    gqa = q.shape[1] != k.shape[1]
+    if q.is_cuda:
+        from torch.nn.attention.varlen import varlen_attn
+
+        out = varlen_attn(q, k, v, packed_cu_seqlens, packed_cu_seqlens, packed_max_length, packed_max_length,
+                          scale=scaling, window_size=(-1, 0), enable_gqa=gqa)
+    else:
+        out = torch.empty_like(q)
+        bounds = packed_cu_seqlens.tolist()
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            if start == end:  # an unused slot of a CUDA-graph frame (models.graphs)
+                continue
+            qs, ks, vs = (x[start:end].transpose(0, 1) for x in (q, k, v))  # [H, L, D]
+            out[start:end] = F.scaled_dot_product_attention(
+                qs, ks, vs, is_causal=True, scale=scaling, enable_gqa=gqa).transpose(0, 1)
+    return out[None], None
+
+
+def _no_mask(*args, **kwargs):
+    return None
+
+
+def register() -> None:
+    """Make `ATTENTION` a valid attn_implementation for every transformers model (idempotent)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION, packed_attention)
+    AttentionMaskInterface.register(ATTENTION, _no_mask)
+
+
+def packed_forward(backbone: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                   cu_seqlens: torch.Tensor, max_length: int) -> torch.Tensor:
+    """Final hidden states of a packed row, [total, H]. The all-ones mask is never built into anything (the
+    mask function is a no-op); it only stops transformers from inspecting position_ids for packing, a
+    host sync that a CUDA graph capture would refuse."""
+    mask = torch.ones_like(input_ids)
+    return backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
+                    packed_cu_seqlens=cu_seqlens, packed_max_length=max_length).last_hidden_state[0]
+
+
+def packed_last_states(backbone: torch.nn.Module, seqs: list[list[int]], k: int) -> torch.Tensor:
+    """Final hidden states at each sequence's last k tokens, [n, k, H], from one packed forward."""
+    p = pack(seqs, next(backbone.parameters()).device)
+    return packed_forward(backbone, p.input_ids, p.position_ids, p.cu_seqlens, p.max_length)[p.last_positions(k)]
