@@ -46,7 +46,7 @@ loadtest: install $(VENV)/.load-deps   # ~1 min RAG mix against the embedded def
 	$(BIN)/python -m loadtests.run --kind loadtest --scenario rag-mix --users 4 --duration 60
 
 soak: install $(VENV)/.load-deps   # saturation, then 2x for 10 min; not part of `make test`
-	$(BIN)/python -m loadtests.run --kind soak --scenario rag-mix --calibration 120 --duration 600 \
+	$(BIN)/python -m loadtests.run --kind soak --scenario rag-mix --calibration-users 16 --calibration 120 --duration 600 \
 	    --server-env REPRANK_MAX_QUEUE_TOKENS=1500
 
 clean:

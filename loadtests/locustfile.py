@@ -49,7 +49,7 @@ def _open_record(**_kw) -> None:
     if path:
         _record["file"] = open(path, "w", newline="")
         _record["writer"] = csv.writer(_record["file"])
-        _record["writer"].writerow(["t", "endpoint", "status", "ms", "retry_after"])
+        _record["writer"].writerow(["t", "endpoint", "status", "ms", "retry_after", "error"])
 
 
 @events.request.add_listener
@@ -58,7 +58,9 @@ def _on_request(name, response_time, response=None, exception=None, **_kw) -> No
         return
     status = getattr(response, "status_code", 0) or 0
     retry = response.headers.get("retry-after", "") if response is not None and status else ""
-    _record["writer"].writerow([f"{time.time():.3f}", name, status, f"{response_time:.1f}", retry])
+    error = getattr(response, "error", None) if not status else None  # what a failed connection raised
+    _record["writer"].writerow([f"{time.time():.3f}", name, status, f"{response_time:.1f}", retry,
+                                repr(error)[:200] if error else ""])
 
 
 @events.quitting.add_listener
@@ -77,7 +79,7 @@ class _Reprank(HttpUser):
             if r.status_code == 200:
                 r.success()
             else:
-                r.failure(f"HTTP {r.status_code}")
+                r.failure(f"HTTP {r.status_code}" if r.status_code else f"no answer: {r.error!r}"[:200])
 
     def _search(self, rerank: bool) -> None:
         body = {"query": random.choice(QUERIES), "top_k": min(5, CANDIDATES), "candidates": CANDIDATES,

@@ -21,7 +21,7 @@ WINDOW_S = 10
 def _rows(path: Path) -> list[dict]:
     with open(path) as f:
         return [{"t": float(r["t"]), "endpoint": r["endpoint"], "status": int(r["status"]), "ms": float(r["ms"]),
-                 "retry_after": r["retry_after"]} for r in csv.DictReader(f)]
+                 "retry_after": r["retry_after"], "error": r.get("error", "")} for r in csv.DictReader(f)]
 
 
 def _pct(values: list[float], q: float) -> str:
@@ -120,6 +120,9 @@ def _phase_section(p: dict, st: dict, seconds: float, rows: list[dict]) -> list[
     rejected = [r for r in rows if r["status"] == 429]
     with_retry = sum(1 for r in rejected if r["retry_after"])
     tail = [f"429 answers with a Retry-After header: {with_retry} of {len(rejected)}.", ""] if rejected else []
+    unanswered = Counter(r["error"] or "not recorded" for r in rows if r["status"] == 0)
+    if unanswered:
+        tail += ["No answer (connection failed): " + "; ".join(f"{n} x {e}" for e, n in unanswered.items()), ""]
     return head + table + ["", "Answers by status:", ""] + status + [""] + tail
 
 
