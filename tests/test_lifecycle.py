@@ -1,8 +1,9 @@
 """Deadlines, dropped work and graceful shutdown, on the real server (`reprank serve` subprocess).
 
-A rerank of several hundred long documents keeps the tiny model's batcher busy for seconds; what
-is queued behind it shows whether a request whose deadline passes or whose client leaves is dropped
-before it reaches the model (reprank_dropped_total), and what SIGTERM does to a request in flight.
+A rerank of long documents, sized from a timed sample to keep the tiny model's batcher busy for
+some seconds whatever the machine's speed, shows by what is queued behind it whether a request
+whose deadline passes or whose client leaves is dropped before it reaches the model
+(reprank_dropped_total), and what SIGTERM does to a request in flight.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from conftest import Server, tiny_model_args
 from test_service import assert_error, post
 
 LONG_DOC = "tokens and more tokens " * 100  # ~460 tokens
-ENV = {"REPRANK_MAX_DOCUMENTS": "2000", "REPRANK_MAX_QUEUE_TOKENS": "5000000"}
+ENV = {"REPRANK_MAX_DOCUMENTS": "20000", "REPRANK_MAX_QUEUE_TOKENS": "50000000",
+       "REPRANK_MAX_BODY_BYTES": "100000000"}
 
 
 def start(tiny_llama, tmp_path, **env) -> Server:
@@ -34,8 +36,16 @@ def metric_sum(server: Server, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
-def busy(server: Server, pool: ThreadPoolExecutor, n: int):
-    """Start a slow rerank and return its future once its first batch has run (the rest is queued)."""
+def docs_for(server: Server, seconds: float) -> int:
+    """How many LONG_DOCs one rerank needs to take about `seconds` on this machine, now."""
+    t0 = time.perf_counter()
+    assert slow_rerank(server, 50).status_code == 200
+    return max(50, min(20_000, round(50 * seconds / (time.perf_counter() - t0))))
+
+
+def busy(server: Server, pool: ThreadPoolExecutor, seconds: float):
+    """Start a rerank that takes about `seconds`; return its future once its first batch has run."""
+    n = docs_for(server, seconds)
     before = metric_sum(server, "reprank_batch_size_count")
     future = pool.submit(slow_rerank, server, n)
     deadline = time.time() + 60
@@ -62,7 +72,7 @@ def server(tiny_llama, tmp_path_factory):
 def test_deadline_passes_504_and_the_work_is_dropped(server):
     dropped = metric_sum(server, "reprank_dropped_total")
     with ThreadPoolExecutor(1) as pool:
-        slow = busy(server, pool, 400)
+        slow = busy(server, pool, 5)
         t0 = time.perf_counter()
         r = post(server, "/v1/rerank", {"query": "q", "documents": ["a", "b", "c"]},
                  headers={"X-Request-Timeout": "0.5"})
@@ -78,7 +88,7 @@ def test_deadline_passes_504_and_the_work_is_dropped(server):
 def test_disconnected_client_work_is_dropped(server):
     dropped = metric_sum(server, "reprank_dropped_total")
     with ThreadPoolExecutor(1) as pool:
-        slow = busy(server, pool, 400)
+        slow = busy(server, pool, 5)
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
             httpx.post(server.url + "/v1/rerank", json={"query": "q", "documents": ["a", "b"]}, timeout=0.5)
         assert not slow.done()
@@ -96,7 +106,7 @@ def test_sigterm_drains_then_exits_0(tiny_llama, tmp_path):
     srv = start(tiny_llama, tmp_path, REPRANK_SHUTDOWN_DELAY="2")
     try:
         with ThreadPoolExecutor(1) as pool:
-            slow = busy(srv, pool, 800)
+            slow = busy(srv, pool, 12)
             srv.proc.send_signal(signal.SIGTERM)
             ready = httpx.get(srv.url + "/readyz", timeout=10)
             assert ready.status_code == 503 and "draining" in ready.json()["error"]["message"]
