@@ -61,6 +61,7 @@ class TokenBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0  # sequences whose future was cancelled before their batch ran
+        self._tokens_per_s: float | None = None  # measured drain rate (moving average of padded tokens/s)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -82,13 +83,18 @@ class TokenBatcher:
             if self._queue and self._queued_tokens + tokens > self.max_queue_tokens:
                 raise QueueFull(
                     f"queue full: {self._queued_tokens} tokens waiting, limit {self.max_queue_tokens}",
-                    retry_after=1.0,
+                    retry_after=self._drain_seconds(),
                 )
             items = [_Item(list(s), Future()) for s in seqs]
             self._queue.extend(items)
             self._queued_tokens += tokens
             self._cond.notify()
         return [it.future for it in items]
+
+    def _drain_seconds(self) -> float:
+        """Retry-After for a refused request: how long the queued tokens take at the measured rate."""
+        rate = self._tokens_per_s
+        return max(1.0, self._queued_tokens / rate) if rate else 1.0
 
     def close(self) -> None:
         with self._cond:
@@ -152,9 +158,11 @@ class TokenBatcher:
             return
         for it, out in zip(batch, outputs, strict=True):
             it.future.set_result(out)
+        lengths = [len(it.ids) for it in batch]
+        stats = BatchStats(len(batch), sum(lengths), len(batch) * max(lengths), time.perf_counter() - start)
+        rate = stats.padded_tokens / max(stats.seconds, 1e-6)
+        self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
         if self._on_batch:
-            lengths = [len(it.ids) for it in batch]
-            stats = BatchStats(len(batch), sum(lengths), len(batch) * max(lengths), time.perf_counter() - start)
             try:
                 self._on_batch(stats)
             except Exception:  # a metrics hook must never stop the worker

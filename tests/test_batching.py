@@ -370,3 +370,30 @@ def test_property_every_request_gets_exactly_its_own_results(requests, max_token
     finally:
         fake.gate.set()
         b.close()
+
+
+def test_retry_after_is_the_measured_drain_time():
+    """A refused request is told to come back when the queue will have drained, at the measured rate."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(seqs):  # 100 padded tokens take 50 ms: 2,000 tokens/s
+        if seqs[0][0] == BLOCK:
+            entered.set()
+            assert gate.wait(TIMEOUT)
+        elif not gate.is_set():  # once the test is over the queue drains at once
+            threading.Event().wait(0.05)
+        return [0] * len(seqs)
+
+    b = TokenBatcher(run, max_batch_tokens=100, max_batch_size=100, max_queue_tokens=10_000, wait_ms=0)
+    try:
+        for i in range(2, 8):  # one batch each: the rate is measured from these
+            b.submit([seq(i, 100)])[0].result(TIMEOUT)
+        b.submit([[BLOCK]])
+        assert entered.wait(TIMEOUT)
+        b.submit([seq(9, 100)] * 99)  # 9,900 tokens waiting: about 5 s at 2,000 tokens/s
+        with pytest.raises(QueueFull) as refused:
+            b.submit([seq(10, 200)])
+        assert 2 < refused.value.retry_after < 30  # slower on a loaded machine, never the default 1 s
+    finally:
+        gate.set()
+        b.close()
