@@ -54,7 +54,7 @@ class Encoder(ModelRuntime):
         return self.submit(texts, side, truncate).result()
 
     def _run(self, seqs: list[list[int]]) -> list[np.ndarray]:
-        pooled = self.last_states(seqs, self.preset.pool_last).float().mean(dim=1)
+        pooled = self.pooled_states(seqs, self.preset.pool_last).float()
         if self.preset.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
         return list(pooled.cpu().numpy())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from models.packed import packed_forward
+from models.packed import packed_forward, pool_packed
 
 BUCKETS = (32, 64, 128, 256)
 SLOTS = 16
@@ -50,7 +50,8 @@ class GraphedBackbone:
         return next((b for b in self.buckets if total <= b), None)
 
     @torch.inference_mode()
-    def last_states(self, seqs: list[list[int]], k: int) -> torch.Tensor:
+    def pooled(self, seqs: list[list[int]], k: int) -> torch.Tensor:
+        """[n, H] pooled final states (models.packed.pool_packed) from the bucket's replayed graph."""
         tokens = self.bucket(seqs)
         if tokens is None:
             raise ValueError("batch too large for a graph bucket")
@@ -58,9 +59,7 @@ class GraphedBackbone:
         for buf, values in zip(inputs, frame(seqs, tokens, self.slots, self.pad_id), strict=True):
             buf.copy_(torch.tensor(values, dtype=buf.dtype).view_as(buf), non_blocking=True)
         graph.replay()
-        ends = torch.tensor([len(s) for s in seqs]).cumsum(0)
-        rows = ends[:, None] - k + torch.arange(k)[None, :]
-        return out[rows.to(self.device)].clone()
+        return pool_packed(out, [len(s) for s in seqs], k)  # new tensors: the graph's output buffer is reused
 
     def _capture(self, tokens: int):
         ids, positions, cu = frame([[self.pad_id]], tokens, self.slots, self.pad_id)

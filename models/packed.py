@@ -28,10 +28,6 @@ class Packed:
     cu_seqlens: torch.Tensor  # [n + 1] int32 offsets of the sequences in the row
     max_length: int
 
-    def last_positions(self, k: int) -> torch.Tensor:
-        """[n, k] row indices of each sequence's last k tokens."""
-        ends = self.cu_seqlens[1:].long()
-        return ends[:, None] - k + torch.arange(k, device=ends.device)[None, :]
 
 
 def pack(seqs: list[list[int]], device) -> Packed:
@@ -91,7 +87,20 @@ def packed_forward(backbone: torch.nn.Module, input_ids: torch.Tensor, position_
                     packed_cu_seqlens=cu_seqlens, packed_max_length=max_length).last_hidden_state[0]
 
 
-def packed_last_states(backbone: torch.nn.Module, seqs: list[list[int]], k: int) -> torch.Tensor:
-    """Final hidden states at each sequence's last k tokens, [n, k, H], from one packed forward."""
+def pool_packed(hidden: torch.Tensor, lengths: list[int], k: int) -> torch.Tensor:
+    """Packed hidden [total (+ filler), H] -> [n, H]: the mean of each sequence's last k states, or of all
+    of them when k == 0, as runtime.pool does for padded rows."""
+    n = torch.tensor(lengths, device=hidden.device)
+    ends = n.cumsum(0)
+    if k:
+        return hidden[ends[:, None] - k + torch.arange(k, device=hidden.device)[None, :]].mean(dim=1)
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), n)
+    sums = torch.zeros(len(lengths), hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+    return sums.index_add_(0, segment, hidden[: int(ends[-1])]) / n[:, None].to(hidden.dtype)
+
+
+def packed_pooled(backbone: torch.nn.Module, seqs: list[list[int]], k: int) -> torch.Tensor:
+    """[n, H] pooled final states (see pool_packed) from one packed forward."""
     p = pack(seqs, next(backbone.parameters()).device)
-    return packed_forward(backbone, p.input_ids, p.position_ids, p.cu_seqlens, p.max_length)[p.last_positions(k)]
+    hidden = packed_forward(backbone, p.input_ids, p.position_ids, p.cu_seqlens, p.max_length)
+    return pool_packed(hidden, [len(s) for s in seqs], k)

@@ -25,7 +25,7 @@ class EncoderPreset:
     description: str
     query_template: tuple[str, ...]
     passage_template: tuple[str, ...]
-    pool_last: int = 1  # mean of the final hidden states of the last N real tokens (1 = EOS pooling)
+    pool_last: int = 1  # mean of the final hidden states of the last N real tokens (1 = EOS pooling, 0 = all)
     normalize: bool = True
     max_length: int = 512  # whole sequence, template included
     special_tokens: tuple[str, ...] = ()  # must exist in the tokenizer (LLaRA's <s1>..<s16>)
@@ -82,6 +82,16 @@ ENCODERS: dict[str, EncoderPreset] = {
             "marker, so none is added); EOS = <|im_end|>",
             query_template=("query: {text}", "<eos>"),
             passage_template=("passage: {text}", "<eos>"),
+            default_model=BUNDLED_SMOLLM2,
+        ),
+        EncoderPreset(
+            name="smollm2-mean",
+            description="bundled SmolLM2 with RepLLaMA's template, mean of all token states: the raw model "
+            "already retrieves a little this way (EOS pooling retrieves nothing before training), so a short "
+            "CPU training run starts ahead; the shipped retriever adapter uses it",
+            query_template=("query: {text}", "<eos>"),
+            passage_template=("passage: {text}", "<eos>"),
+            pool_last=0,
             default_model=BUNDLED_SMOLLM2,
         ),
         EncoderPreset(

@@ -45,7 +45,7 @@ class Reranker(ModelRuntime):
         return self.submit(query, documents, truncate).result()
 
     def _run(self, seqs: list[list[int]]) -> list[float]:
-        last = self.last_states(seqs, 1)[:, 0]
+        last = self.pooled_states(seqs, 1)
         with torch.inference_mode():
             logits = self.model.head(last).float()[:, 0]
         if self.preset.activation == "sigmoid":

@@ -18,7 +18,7 @@ import torch
 from models.batching import BatchStats, TokenBatcher
 from models.graphs import GraphedBackbone
 from models.loading import LoadedModel
-from models.packed import ATTENTION, packed_last_states, register
+from models.packed import ATTENTION, packed_pooled, register
 
 
 def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,6 +36,15 @@ def gather_last(hidden: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Te
     """hidden [B, T, H] at each row's last k real positions -> [B, k, H] (differentiable: training uses it)."""
     pos = lengths[:, None] - k + torch.arange(k, device=hidden.device)[None, :]
     return hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.shape[-1]))
+
+
+def pool(hidden: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """Right-padded hidden [B, T, H] -> [B, H]: the mean of each row's last k real states, or of all of
+    them when k == 0 (mean pooling). Differentiable: training pools with it too."""
+    if k:
+        return gather_last(hidden, lengths, k).mean(dim=1)
+    mask = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).to(hidden.dtype)
+    return (hidden * mask[..., None]).sum(1) / lengths[:, None].to(hidden.dtype)
 
 
 class ModelRuntime:
@@ -75,15 +84,15 @@ class ModelRuntime:
         raise NotImplementedError
 
     @torch.inference_mode()
-    def last_states(self, seqs: list[list[int]], k: int) -> torch.Tensor:
-        """Final-layer hidden states at the last `k` real positions of each sequence: [B, k, H]."""
+    def pooled_states(self, seqs: list[list[int]], k: int) -> torch.Tensor:
+        """[B, H]: the mean final-layer state of each sequence's last `k` tokens (k == 0: all of them)."""
         if self.graphs is not None and self.graphs.bucket(seqs) is not None:
-            return self.graphs.last_states(seqs, k)  # small batches: a replayed CUDA graph
+            return self.graphs.pooled(seqs, k)  # small batches: a replayed CUDA graph
         if self.packed:
-            return packed_last_states(self.model.backbone, seqs, k)
+            return packed_pooled(self.model.backbone, seqs, k)
         ids, mask, lengths = pad_right(seqs, self.pad_id, self.model.device)
         hidden = self.model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-        return gather_last(hidden, lengths, k)
+        return pool(hidden, lengths, k)
 
     def close(self) -> None:
         self.batcher.close()

@@ -13,8 +13,8 @@ from transformers import AutoTokenizer
 
 from models.graphs import GraphedBackbone, frame
 from models.loading import load
-from models.packed import ATTENTION, packed_forward, packed_last_states, register
-from models.runtime import gather_last, pad_right
+from models.packed import ATTENTION, packed_forward, packed_pooled, pool_packed, register
+from models.runtime import pad_right, pool
 
 SEQS = [[5, 6, 7], list(range(10, 60)), [8, 9], list(range(3, 20))]
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -30,7 +30,7 @@ def padded_reference(backbone, seqs, k):
     backbone.set_attn_implementation("sdpa")
     ids, mask, lengths = pad_right(seqs, 0, next(backbone.parameters()).device)
     with torch.inference_mode():
-        return gather_last(backbone(input_ids=ids, attention_mask=mask).last_hidden_state, lengths, k).float()
+        return pool(backbone(input_ids=ids, attention_mask=mask).last_hidden_state, lengths, k).float()
 
 
 def test_frame_lays_sequences_then_empty_slots_then_one_filler():
@@ -44,19 +44,18 @@ def test_frame_lays_sequences_then_empty_slots_then_one_filler():
         frame([[1]] * 5, tokens=8, slots=4, pad_id=0)
 
 
-def test_packed_and_framed_forwards_match_the_padded_one(backbone):
-    ref = padded_reference(backbone, SEQS, 2)
+@pytest.mark.parametrize("k", [0, 1, 2], ids=["mean", "last", "last2"])
+def test_packed_and_framed_forwards_match_the_padded_one(backbone, k):
+    ref = padded_reference(backbone, SEQS, k)
     register()
     backbone.set_attn_implementation(ATTENTION)
     try:
         with torch.inference_mode():
-            assert torch.allclose(packed_last_states(backbone, SEQS, 2), ref, atol=1e-5)
+            assert torch.allclose(packed_pooled(backbone, SEQS, k), ref, atol=1e-5)
             ids, positions, cu = frame(SEQS, tokens=128, slots=6, pad_id=0)
             hidden = packed_forward(backbone, torch.tensor([ids]), torch.tensor([positions]),
                                     torch.tensor(cu, dtype=torch.int32), 128)
-        ends = torch.tensor([len(s) for s in SEQS]).cumsum(0)
-        framed = hidden[ends[:, None] - 2 + torch.arange(2)[None, :]]
-        assert torch.allclose(framed, ref, atol=1e-5)
+        assert torch.allclose(pool_packed(hidden, [len(s) for s in SEQS], k), ref, atol=1e-5)
     finally:
         backbone.set_attn_implementation("sdpa")
 
@@ -74,17 +73,17 @@ def test_a_model_without_the_bounds_refuses_packed_attention(backbone):
 @gpu
 @pytest.mark.gpu
 def test_bf16_packed_and_graphed_on_cuda_match_the_fp32_reference(backbone):
-    ref = torch.nn.functional.normalize(padded_reference(backbone, SEQS, 1)[:, 0], dim=-1)
+    ref = torch.nn.functional.normalize(padded_reference(backbone, SEQS, 1), dim=-1)
     register()
     gpu_model = backbone.to("cuda", torch.bfloat16)
     gpu_model.set_attn_implementation(ATTENTION)
     try:
         with torch.inference_mode():
-            packed = packed_last_states(gpu_model, SEQS, 1)[:, 0].float().cpu()
-            graphed = GraphedBackbone(gpu_model, 0).last_states(SEQS, 1)[:, 0].float().cpu()
+            packed = packed_pooled(gpu_model, SEQS, 1).float().cpu()
+            graphed = GraphedBackbone(gpu_model, 0).pooled(SEQS, 1).float().cpu()
             again = GraphedBackbone(gpu_model, 0)
-            again.last_states(SEQS[:1], 1)  # capture, then replay with other inputs in the same bucket
-            replayed = again.last_states(SEQS[2:], 1)[:, 0].float().cpu()
+            again.pooled(SEQS[:1], 1)  # capture, then replay with other inputs in the same bucket
+            replayed = again.pooled(SEQS[2:], 1).float().cpu()
         for out, want in ((packed, ref), (graphed, ref), (replayed, ref[2:])):
             cos = (torch.nn.functional.normalize(out, dim=-1) * want).sum(-1)
             assert (cos >= 0.999).all(), cos

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from indexer.run import passage_text
 from models.presets import encoder_preset
-from models.runtime import gather_last, pad_right
+from models.runtime import pad_right, pool
 from models.templates import TemplateRenderer
 from models.train import common
 from models.train.data import batch_indices, load_train, read_negatives, sample_group, step_rng
@@ -31,10 +31,10 @@ log = logging.getLogger("reprank.train")
 
 
 def embed(t: common.Trainable, seqs: list[list[int]], pool_last: int) -> torch.Tensor:
-    """L2-normalised mean of the last `pool_last` states, as models.encoder does (with gradients)."""
+    """L2-normalised mean of the last `pool_last` states (0: all), as models.encoder does (with gradients)."""
     ids, mask, lengths = pad_right(seqs, t.pad_id, next(t.model.parameters()).device)
     hidden = t.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-    return F.normalize(gather_last(hidden, lengths, pool_last).mean(dim=1), p=2, dim=-1)
+    return F.normalize(pool(hidden, lengths, pool_last), p=2, dim=-1)
 
 
 def preset_name(args) -> str:
