@@ -31,7 +31,7 @@ def encoder_source(model: str, preset: str | None = None) -> tuple[str, str]:
     return _pick(model, preset, ENCODERS, "--model")
 
 
-def open_encoder(model: str = "smollm2", preset: str | None = None, *, base=None, device="cpu", dtype=None,
+def open_encoder(model: str = "smollm2-retriever", preset: str | None = None, *, base=None, device="cpu", dtype=None,
                  **batching):
     """An Encoder for a preset name or a local checkpoint/adapter path."""
     import torch

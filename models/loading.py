@@ -83,7 +83,14 @@ def _materialize_gguf(path: Path) -> Path | None:
 
 
 def resolve(source: str) -> Source:
-    path = bundled_smollm2_path() if source == BUNDLED_SMOLLM2 else Path(source).expanduser()
+    if source == BUNDLED_SMOLLM2:
+        path = bundled_smollm2_path()
+    elif source.startswith("bundled:"):  # an adapter shipped inside the package
+        path = Path(__file__).parent / "adapters" / source.removeprefix("bundled:")
+        if not (path / "adapter_config.json").exists():
+            raise ModelNotFound(f"{source}: no such bundled adapter in {path.parent}")
+    else:
+        path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         cached = _materialize_gguf(path)
         return Source("hf", cached) if cached else Source("gguf", path)

@@ -11,10 +11,11 @@ shortened when an input is over `max_length`, so EOS and prompt suffixes are nev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 BUNDLED_SMOLLM2 = "bundled:smollm2"
+BUNDLED_RETRIEVER = "bundled:smollm2-retriever"  # the LoRA adapter shipped in models/adapters/
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,17 @@ _QWEN3_SYSTEM = (
 )
 _QWEN3_TASK = "<Instruct>: Given a web search query, retrieve relevant passages that answer the query"
 
+_SMOLLM2_MEAN = EncoderPreset(
+    name="smollm2-mean",
+    description="bundled SmolLM2 with RepLLaMA's template, mean of all token states: the raw model "
+    "already retrieves a little this way (EOS pooling retrieves nothing before training), so a short "
+    "CPU training run starts ahead; the shipped retriever adapter uses it",
+    query_template=("query: {text}", "<eos>"),
+    passage_template=("passage: {text}", "<eos>"),
+    pool_last=0,
+    default_model=BUNDLED_SMOLLM2,
+)
+
 ENCODERS: dict[str, EncoderPreset] = {
     p.name: p
     for p in [
@@ -84,15 +96,13 @@ ENCODERS: dict[str, EncoderPreset] = {
             passage_template=("passage: {text}", "<eos>"),
             default_model=BUNDLED_SMOLLM2,
         ),
-        EncoderPreset(
-            name="smollm2-mean",
-            description="bundled SmolLM2 with RepLLaMA's template, mean of all token states: the raw model "
-            "already retrieves a little this way (EOS pooling retrieves nothing before training), so a short "
-            "CPU training run starts ahead; the shipped retriever adapter uses it",
-            query_template=("query: {text}", "<eos>"),
-            passage_template=("passage: {text}", "<eos>"),
-            pool_last=0,
-            default_model=BUNDLED_SMOLLM2,
+        _SMOLLM2_MEAN,
+        replace(
+            _SMOLLM2_MEAN,
+            name="smollm2-retriever",
+            description="the default: bundled SmolLM2 with the project's contrastively trained LoRA adapter "
+            "(models/adapters/smollm2-retriever, rebuilt by models/train/RECIPES.md), smollm2-mean's conventions",
+            default_model=BUNDLED_RETRIEVER,
         ),
         EncoderPreset(
             name="smollm2-llara",

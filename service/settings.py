@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     collection: str = "default"  # searched when a request names none
 
-    model: str = "smollm2"  # encoder: a preset name or a local checkpoint/adapter path
+    model: str = "smollm2-retriever"  # encoder: a preset name or a local checkpoint/adapter path
     model_preset: str | None = None
     reranker: str = "smollm2-reranker"  # "none" serves without a reranker
     reranker_preset: str | None = None

@@ -32,3 +32,21 @@ def test_bundled_reranker():
         assert all(0.0 < s < 1.0 for s in scores) and scores[0] != scores[1]
     finally:
         rr.close()
+
+
+def test_the_default_encoder_is_the_shipped_adapter_and_it_retrieves():
+    from service.settings import Settings
+
+    assert Settings().model == "smollm2-retriever"
+    enc = open_encoder()  # what `reprank serve` loads by default: bundled SmolLM2 + models/adapters/smollm2-retriever
+    try:
+        assert enc.preset.pool_last == 0 and enc.model.source == "bundled:smollm2-retriever"
+        queries = ["YAML parser and emitter for Python", "command line tool to burn CDs and DVDs",
+                   "lossless audio codec library"]
+        passages = ["PyYAML is a YAML parser and emitter for the Python programming language.",
+                    "cdrecord writes data and audio to CD-R, CD-RW and DVD media from the command line.",
+                    "FLAC stands for Free Lossless Audio Codec; this package holds the shared library."]
+        scores = enc.encode(queries, "query").vectors @ enc.encode(passages, "passage").vectors.T
+        assert (scores.argmax(axis=1) == np.arange(3)).all(), scores  # raw SmolLM2 (smollm2-mean) fails this
+    finally:
+        enc.close()
