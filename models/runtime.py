@@ -2,8 +2,7 @@
 
 On CUDA a batch runs packed (models.packed: one row, no pad tokens, varlen attention). On CPU it is
 right-padded with an attention mask: the batcher's length-sorted token-budget batches leave little
-padding, and one padded SDPA call per layer beats a loop of per-sequence ones there (measured in
-benchmarks/cpu_bench.py). Either way states are read at each row's own last real positions (from
+padding, and the packed layout measured no faster there (benchmarks/cpu_bench.py). Either way states are read at each row's own last real positions (from
 the sequence lengths, never from `input_ids != pad`, because the pad id may be the EOS we appended),
 so a text gives the same state alone or in any batch.
 """
