@@ -93,12 +93,12 @@ def write_report(folder: Path) -> Path:
 
 def _setup(meta: dict) -> str:
     env = ", ".join(f"`{k}={v}`" for k, v in meta["server_env"].items()) or "none"
-    return (f"Server: {meta['url']} with the default models (bundled SmolLM2-135M encoder and yes/no reranker, "
+    return (f"Server: {meta['url']} with the default models (bundled SmolLM2-135M encoder with its trained adapter and yes/no reranker, "
             f"fp32 on CPU) over the embedded Qdrant Edge store holding the first {meta['docs']} documents of "
             f"samples/debian-1k; env overrides: {env}. Requests: searches take top 5 of {meta['candidates']} "
             f"candidates, reranks score {meta['candidates']} documents, embeddings send 4 passages. Machine: "
-            f"{meta['cpus']} CPUs, load average at the end {meta['load_average'][0]:.1f} (a CPU training job "
-            "shared these cores during the run, so absolute figures are pessimistic).")
+            f"{meta['cpus']} CPUs, load average at the end {meta['load_average'][0]:.1f} (the server and the "
+            "load generator share these cores).")
 
 
 def _phase_section(p: dict, st: dict, seconds: float, rows: list[dict]) -> list[str]:
