@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from models.packed import packed_forward, pool_packed
+from models.packed import layout, packed_forward, pool_packed
 
 BUCKETS = (32, 64, 128, 256)
 SLOTS = 16
@@ -21,17 +21,10 @@ SLOTS = 16
 
 def frame(seqs: list[list[int]], tokens: int, slots: int, pad_id: int) -> tuple[list[int], list[int], list[int]]:
     """(input_ids, position_ids, cu_seqlens) of `seqs` laid out in a frame of `tokens` x `slots` + 1 filler."""
-    lengths = [len(s) for s in seqs]
-    total = sum(lengths)
+    total = sum(len(s) for s in seqs)
     if len(seqs) > slots or total > tokens:
         raise ValueError(f"{len(seqs)} sequences of {total} tokens do not fit a {slots}-slot, {tokens}-token frame")
-    ids = [t for s in seqs for t in s] + [pad_id] * (tokens - total)
-    positions = [i for n in lengths for i in range(n)] + list(range(tokens - total))
-    cu = [0]
-    for n in lengths + [0] * (slots - len(seqs)):
-        cu.append(cu[-1] + n)
-    cu.append(tokens)  # the filler sequence
-    return ids, positions, cu
+    return layout([*seqs, *[[]] * (slots - len(seqs)), [pad_id] * (tokens - total)])
 
 
 class GraphedBackbone:

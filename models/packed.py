@@ -29,16 +29,20 @@ class Packed:
     max_length: int
 
 
+def layout(seqs: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """(input_ids, position_ids, cu_seqlens) of the sequences laid end to end, positions restarting at 0."""
+    cu = [0]
+    for s in seqs:
+        cu.append(cu[-1] + len(s))
+    return [t for s in seqs for t in s], [i for s in seqs for i in range(len(s))], cu
+
 
 def pack(seqs: list[list[int]], device) -> Packed:
-    lengths = [len(s) for s in seqs]
-    if not lengths or min(lengths) == 0:
+    if not seqs or min(map(len, seqs)) == 0:
         raise ValueError("pack needs at least one sequence and no empty one")
-    ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=device)
-    positions = torch.cat([torch.arange(n, device=device) for n in lengths])
-    cu = torch.zeros(len(seqs) + 1, dtype=torch.int32, device=device)
-    cu[1:] = torch.tensor(lengths, device=device).cumsum(0)
-    return Packed(ids[None], positions[None], cu, max(lengths))
+    ids, positions, cu = layout(seqs)
+    return Packed(torch.tensor([ids], device=device), torch.tensor([positions], device=device),
+                  torch.tensor(cu, dtype=torch.int32, device=device), max(map(len, seqs)))
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,

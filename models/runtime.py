@@ -2,9 +2,10 @@
 
 On CUDA a batch runs packed (models.packed: one row, no pad tokens, varlen attention). On CPU it is
 right-padded with an attention mask: the batcher's length-sorted token-budget batches leave little
-padding, and the packed layout measured no faster there (benchmarks/cpu_bench.py). Either way states are read at each row's own last real positions (from
-the sequence lengths, never from `input_ids != pad`, because the pad id may be the EOS we appended),
-so a text gives the same state alone or in any batch.
+padding, and the packed layout measured no faster there (benchmarks/cpu_bench.py). Either way states
+are read at each sequence's own last real positions (from the sequence lengths, never from
+`input_ids != pad`, because the pad id may be the EOS we appended), so a text gives the same state
+alone or in any batch.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ train side (bm25s, taken rank by rank across queries: the near-duplicate -dev/-d
 make hard negatives hard are lexical neighbours), then random train documents. It is indexed with
 the given encoder by indexer.run.index_corpus (idempotent, so a killed run resumes), every query retrieves its top
 depth + positives through store.query (dense, or hybrid = dense + BM25 RRF), and the positives are
-dropped; --method bm25 needs no encoder: bm25s ranks the whole train side directly. The output feeds `reprank train retriever|reranker --hard-negatives`.
+dropped. --method bm25 needs no encoder: `mine_bm25` ranks the whole train side with bm25s directly.
+The output feeds `reprank train retriever|reranker --hard-negatives`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ log = logging.getLogger("reprank.train")
 def mine(dataset: str | Path, encoder, store: VectorStore, output: str | Path, *, limit_queries: int | None = None,
          corpus_limit: int | None = None, depth: int = 30, method: str = "dense", seed: int = 0,
          collection: str | None = None, progress: bool = True) -> dict[str, list[str]]:
+    if method not in ("dense", "hybrid"):  # bm25 needs no index: mine_bm25
+        raise ValueError(f"mine: method {method!r} is not dense or hybrid")
     train = load_train(dataset, limit_queries, seed)
     qids = train.query_ids
     pool = [train.corpus[d] for d in _pool(train, corpus_limit, seed)]
