@@ -177,8 +177,7 @@ def cmd_eval(args) -> int:
     from models import open_encoder, open_reranker
 
     s = settings_from(args)
-    kw = dict(base=s.base, device=s.torch_device(), dtype=s.torch_dtype(), max_batch_tokens=s.batch_tokens(),
-              max_batch_size=s.max_batch_size)
+    kw = s.model_kwargs()
     pipelines = tuple(args.pipelines or PIPELINES)
     rerank = s.reranker != "none" and any(p.endswith("+rerank") for p in pipelines)
     store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
@@ -222,8 +221,7 @@ def cmd_train(args) -> int:
     store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
     encoder = None
     try:
-        encoder = open_encoder(s.model, s.model_preset, base=s.base, device=s.torch_device(), dtype=s.torch_dtype(),
-                               max_batch_tokens=s.batch_tokens(), max_batch_size=s.max_batch_size)
+        encoder = open_encoder(s.model, s.model_preset, **s.model_kwargs())
         mine(args.dataset, encoder, store, args.output, limit_queries=args.limit_train_queries,
              corpus_limit=args.corpus_limit, depth=args.depth, method=args.method, seed=args.seed,
              collection=args.collection, progress=not args.no_progress)

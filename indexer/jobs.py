@@ -29,9 +29,7 @@ def _local(job: IndexJob, s, store, name: str) -> IndexStats:
     from models import open_encoder
 
     total = count_documents(job.corpus)
-    encoder = open_encoder(s.model, s.model_preset, base=s.base, device=s.torch_device(),
-                           dtype=s.torch_dtype(), max_batch_tokens=s.batch_tokens(),
-                           max_batch_size=s.max_batch_size)
+    encoder = open_encoder(s.model, s.model_preset, **s.model_kwargs())
     try:
         return index_corpus(read_corpus(job.corpus), encoder, store, name, chunk_size=job.chunk_size,
                             total=total, progress=job.progress)
@@ -58,7 +56,7 @@ def _ray(job: IndexJob, s, store, name: str) -> IndexStats:
     dtype = ("bfloat16" if gpus else "float32") if s.dtype == "auto" else s.dtype
     actors = job.ray_actors or gpus or max(1, int(resources.get("CPU", 2)) - 1)  # leave a CPU to read/parse
     spec = EncoderSpec(s.model, s.model_preset, s.base, device, dtype,
-                       s.max_batch_tokens or (16384 if gpus else 2048), s.max_batch_size)
+                       s.batch_tokens(device), s.max_batch_size)
     log.info("ray: %d encoder actors on %s (%s)", actors, device, resources)
     return index_with_ray(job.corpus, spec, {"model": source, "preset": preset}, store, name,
                           actors=actors, chunk_size=job.chunk_size, gpus_per_actor=1.0 if gpus else 0.0)

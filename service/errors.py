@@ -25,6 +25,11 @@ def body(status: int, message: str, type_: str) -> dict:
     return {"error": {"message": message, "type": type_, "code": status}}
 
 
+def error_response(status: int, message: str, type_: str, headers: dict | None = None) -> JSONResponse:
+    """The one error body as a response: for handlers, routes and the ASGI middlewares alike."""
+    return JSONResponse(body(status, message, type_), status, headers=headers)
+
+
 def as_api_error(exc: Exception) -> ApiError | None:
     """The documented status for an error raised below the routes, or None for a bug (500)."""
     if isinstance(exc, ApiError):
@@ -53,16 +58,16 @@ def install(app: FastAPI) -> None:
         for e in exc.errors()[:5]:
             loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
             parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-        return JSONResponse(body(422, "; ".join(parts) or "invalid request", "invalid_request"), 422)
+        return error_response(422, "; ".join(parts) or "invalid request", "invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException):
         kind = _STATUS_TYPES.get(exc.status_code, "error")
-        return JSONResponse(body(exc.status_code, str(exc.detail), kind), exc.status_code, headers=exc.headers)
+        return error_response(exc.status_code, str(exc.detail), kind, exc.headers)
 
     async def _known(_req: Request, exc: Exception):
         err = as_api_error(exc)
-        return JSONResponse(body(err.status, err.message, err.type), err.status, headers=err.headers)
+        return error_response(err.status, err.message, err.type, err.headers)
 
     for cls in (ApiError, InputTooLong, QueueFull, CollectionNotFound, StoreMismatch, StoreUnavailable, StoreLocked):
         app.add_exception_handler(cls, _known)
@@ -70,4 +75,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(_req: Request, exc: Exception):
         log.error("internal error", exc_info=exc)
-        return JSONResponse(body(500, "internal error", "internal_error"), 500)
+        return error_response(500, "internal error", "internal_error")

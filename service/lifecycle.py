@@ -20,18 +20,13 @@ import signal
 import threading
 import time
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import body
+from service.errors import error_response
 
 log = logging.getLogger("reprank")
 
 TIMEOUT_HEADER = b"x-request-timeout"
-
-
-def _error(status: int, message: str, type_: str) -> JSONResponse:
-    return JSONResponse(body(status, message, type_), status)
 
 
 def requested_timeout(scope: Scope, ceiling: float) -> float | str:
@@ -60,7 +55,7 @@ class RequestLifecycle:
             return
         timeout = requested_timeout(scope, self.request_timeout)
         if isinstance(timeout, str):
-            await _error(422, timeout, "invalid_request")(scope, receive, send)
+            await error_response(422, timeout, "invalid_request")(scope, receive, send)
             return
         body_read = asyncio.Event()
         started = False
@@ -99,9 +94,9 @@ class RequestLifecycle:
             pass
         if watcher in done:
             log.info("%s %s: client disconnected, request dropped", scope["method"], scope["path"])
-            await _error(499, "client closed the request", "client_closed")(scope, receive, send)
+            await error_response(499, "client closed the request", "client_closed")(scope, receive, send)
         else:
-            await _error(504, f"request deadline of {timeout:g} s passed", "timeout")(scope, receive, send)
+            await error_response(504, f"request deadline of {timeout:g} s passed", "timeout")(scope, receive, send)
 
 
 class DrainingServer:

@@ -6,9 +6,9 @@ import base64
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 
-from service.errors import ApiError, body
+from service.errors import ApiError, error_response
 from service.pipeline import Pipeline, require_text
 from service.schemas import (
     Embedding,
@@ -112,7 +112,7 @@ async def readyz(request: Request):
         return {"status": "ready"}
     reason = ("draining: shutting down" if state.draining else
               f"model loading failed: {state.load_error}" if state.load_error else "models are still loading")
-    return JSONResponse(body(503, f"not ready: {reason}", "unavailable"), 503, headers={"Retry-After": "5"})
+    return error_response(503, f"not ready: {reason}", "unavailable", {"Retry-After": "5"})
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=error_responses(404))

@@ -18,10 +18,9 @@ import os
 from pathlib import Path
 
 from fastapi import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import body
+from service.errors import error_response
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 KEY_HEADERS = (b"api-key", b"x-api-key")
@@ -85,8 +84,7 @@ class RequireApiKey:
             await self.app(scope, receive, send)
             return
         message = "a valid API key is required: send 'Authorization: Bearer <key>' (or an 'x-api-key' header)"
-        response = JSONResponse(body(401, message, "unauthorized"), 401, headers={"WWW-Authenticate": "Bearer"})
-        await response(scope, receive, send)
+        await error_response(401, message, "unauthorized", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
 class LimitBody:
@@ -102,7 +100,7 @@ class LimitBody:
         message = f"request body is over the limit of {self.max_bytes} bytes"
         length = dict(scope.get("headers", ())).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            await JSONResponse(body(413, message, "too_large"), 413)(scope, receive, send)
+            await error_response(413, message, "too_large")(scope, receive, send)
             return
         seen = 0
 

@@ -106,11 +106,17 @@ class Settings(BaseSettings):
 
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
-    def batch_tokens(self) -> int:
-        """Small batches win on CPU (measured: 32 x 90 tokens ran slower than 8 x 90); GPUs want big ones."""
+    def batch_tokens(self, device: str | None = None) -> int:
+        """Small batches win on CPU (measured: 32 x 90 tokens ran slower than 8 x 90); GPUs want big ones.
+        `device`: where the model runs, when not here (a Ray actor)."""
         if self.max_batch_tokens:
             return self.max_batch_tokens
-        return 16384 if self.torch_device().startswith("cuda") else 2048
+        return 16384 if (device or self.torch_device()).startswith("cuda") else 2048
+
+    def model_kwargs(self) -> dict:
+        """What open_encoder / open_reranker take from these settings: base, device, dtype, batch shape."""
+        return dict(base=self.base, device=self.torch_device(), dtype=self.torch_dtype(),
+                    max_batch_tokens=self.batch_tokens(), max_batch_size=self.max_batch_size)
 
     def torch_dtype(self):
         import torch

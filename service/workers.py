@@ -143,7 +143,7 @@ class ReplicaPool:
 
 
 def _auth(settings: Settings) -> dict:
-    key = getattr(settings, "worker_api_key", None)
+    key = settings.worker_api_key
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
@@ -215,8 +215,6 @@ class RemoteModel:
 
 
 Model = LocalModel | RemoteModel
-
-
 Pair = tuple[Model | None, Model | None]  # (encoder, reranker)
 
 
@@ -224,24 +222,18 @@ def _load_local(settings: Settings, metrics: Metrics, load_encoder: bool) -> Pai
     """Load (and warm up) this process's encoder and reranker; runs in a thread: it takes seconds."""
     from models import open_encoder, open_reranker
 
-    common = dict(base=settings.base, device=settings.torch_device(), dtype=settings.torch_dtype(),
-                  max_batch_tokens=settings.batch_tokens(), max_batch_size=settings.max_batch_size,
-                  max_queue_tokens=settings.max_queue_tokens)
-    encoder = reranker = None
-    if load_encoder:
-        enc = open_encoder(settings.model, settings.model_preset,
-                           on_batch=metrics.on_batch(settings.model), **common)
+    def start(opener, name: str, preset: str | None, task: Task, warm_up) -> LocalModel:
+        runtime = opener(name, preset, on_batch=metrics.on_batch(name), max_queue_tokens=settings.max_queue_tokens,
+                         **settings.model_kwargs())
         if settings.warmup:
-            enc.encode(["warm-up query"], "query")
-        metrics.watch_queue(settings.model, enc.batcher)
-        encoder = LocalModel(enc, "embedding", settings.model, metrics)
-    if settings.reranker != "none":
-        rr = open_reranker(settings.reranker, settings.reranker_preset,
-                           on_batch=metrics.on_batch(settings.reranker), **common)
-        if settings.warmup:
-            rr.score("warm-up query", ["warm-up document"])
-        metrics.watch_queue(settings.reranker, rr.batcher)
-        reranker = LocalModel(rr, "rerank", settings.reranker, metrics)
+            warm_up(runtime)
+        metrics.watch_queue(name, runtime.batcher)
+        return LocalModel(runtime, task, name, metrics)
+
+    encoder = start(open_encoder, settings.model, settings.model_preset, "embedding",
+                    lambda e: e.encode(["warm-up query"], "query")) if load_encoder else None
+    reranker = start(open_reranker, settings.reranker, settings.reranker_preset, "rerank",
+                     lambda r: r.score("warm-up query", ["warm-up document"])) if settings.reranker != "none" else None
     return encoder, reranker
 
 

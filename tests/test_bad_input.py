@@ -7,7 +7,6 @@ from __future__ import annotations
 import httpx
 import pytest
 import schemathesis
-from conftest import Server, tiny_model_args
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -16,14 +15,13 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_service import assert_error, indexed_data, post
+from test_service import assert_error, docs_server, post
 
 
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
-    data = indexed_data(tiny_llama, tmp_path_factory)
-    env = {"REPRANK_MAX_INPUTS": "16", "REPRANK_MAX_DOCUMENTS": "1000", "REPRANK_MAX_BODY_BYTES": "2000000"}
-    srv = Server(["--data-dir", str(data), "--collection", "docs", *tiny_model_args(tiny_llama)], env)
+    srv = docs_server(tiny_llama, tmp_path_factory,
+                      {"REPRANK_MAX_INPUTS": "16", "REPRANK_MAX_DOCUMENTS": "1000", "REPRANK_MAX_BODY_BYTES": "2000000"})
     yield srv
     srv.stop()
 

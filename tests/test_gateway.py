@@ -14,11 +14,7 @@ import time
 import httpx
 import pytest
 from conftest import Server, free_port
-from test_service import DOCS, assert_error, post
-
-from indexer.run import index_corpus
-from indexer.store import open_store
-from models import open_encoder
+from test_service import assert_error, indexed_data, post
 
 TIMEOUT_S = 3.0  # the gateway's per-attempt worker timeout
 QUERY = {"query": "library for parsing", "top_k": 5, "candidates": 12}
@@ -27,12 +23,7 @@ QUERY = {"query": "library for parsing", "top_k": 5, "candidates": 12}
 @pytest.fixture(scope="module")
 def data_dirs(tiny_llama, tmp_path_factory):
     """Two copies of one indexed store: an embedded collection opens in one process at a time."""
-    data = tmp_path_factory.mktemp("gw-data")
-    store = open_store(data)
-    enc = open_encoder(str(tiny_llama), "smollm2")
-    index_corpus(DOCS, enc, store, "docs", progress=False)
-    enc.close()
-    store.close()
+    data = indexed_data(tiny_llama, tmp_path_factory)
     copy = tmp_path_factory.mktemp("gw-data-copy") / "d"
     shutil.copytree(data, copy)
     return data, copy

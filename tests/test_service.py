@@ -36,11 +36,16 @@ def indexed_data(tiny_llama, tmp_path_factory):
     return data
 
 
+def docs_server(tiny_llama, tmp_path_factory, env: dict) -> Server:
+    """`reprank serve` over a fresh store holding DOCS, the tiny model as encoder and reranker."""
+    data = indexed_data(tiny_llama, tmp_path_factory)
+    return Server(["--data-dir", str(data), "--collection", "docs", *tiny_model_args(tiny_llama)], env)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
-    data = indexed_data(tiny_llama, tmp_path_factory)
-    env = {"REPRANK_MAX_DOCUMENTS": "50", "REPRANK_MAX_INPUTS": "16", "REPRANK_MAX_QUEUE_TOKENS": "6000"}
-    srv = Server(["--data-dir", str(data), "--collection", "docs", *tiny_model_args(tiny_llama)], env)
+    srv = docs_server(tiny_llama, tmp_path_factory,
+                      {"REPRANK_MAX_DOCUMENTS": "50", "REPRANK_MAX_INPUTS": "16", "REPRANK_MAX_QUEUE_TOKENS": "6000"})
     yield srv
     srv.stop()
 
