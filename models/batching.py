@@ -3,8 +3,9 @@
 Concurrent requests put their token sequences on one bounded queue; a single worker thread takes
 everything waiting, sorts it by length (so a batch pads little), cuts it into batches whose padded
 size stays under `max_batch_tokens`, runs them on the device and resolves each sequence's future.
-A request that does not fit in the queue is refused at once (`QueueFull`) instead of waiting
-unboundedly. A sequence is admitted to the model only at the start of its own batch: one whose future
+The bound counts every admitted token not yet finished, waiting or taken by the worker: a request
+that does not fit is refused at once (`QueueFull`) instead of waiting, so an accepted request never
+has more than `max_queue_tokens` of work ahead of it, however hard the server is overloaded. A sequence is admitted to the model only at the start of its own batch: one whose future
 was cancelled meanwhile (the service cancels it when the client disconnects or the request's deadline
 passes) is dropped there, so it costs no model time.
 """
@@ -58,6 +59,7 @@ class TokenBatcher:
         self._on_batch = on_batch
         self._queue: list[_Item] = []
         self._queued_tokens = 0
+        self._running_tokens = 0  # taken by the worker, not yet finished
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0  # sequences whose future was cancelled before their batch ran
@@ -72,7 +74,13 @@ class TokenBatcher:
 
     @property
     def queued_tokens(self) -> int:
+        """Tokens waiting (not yet taken by the worker)."""
         return self._queued_tokens
+
+    @property
+    def pending_tokens(self) -> int:
+        """Tokens admitted and not finished: waiting or in the worker's hands. This is what is bounded."""
+        return self._queued_tokens + self._running_tokens
 
     def submit(self, seqs: list[list[int]]) -> list[Future]:
         """Queue all of a request's sequences, or none of them (QueueFull)."""
@@ -80,21 +88,22 @@ class TokenBatcher:
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed")
-            if self._queue and self._queued_tokens + tokens > self.max_queue_tokens:
+            pending = self.pending_tokens
+            if pending and pending + tokens > self.max_queue_tokens:
                 raise QueueFull(
-                    f"queue full: {self._queued_tokens} tokens waiting, limit {self.max_queue_tokens}",
+                    f"queue full: {pending} tokens pending, limit {self.max_queue_tokens}",
                     retry_after=self._drain_seconds(),
                 )
-            items = [_Item(list(s), Future()) for s in seqs]
+            items = [_Item(s, Future()) for s in seqs]  # not copied: a reranker's carry their scored span
             self._queue.extend(items)
             self._queued_tokens += tokens
             self._cond.notify()
         return [it.future for it in items]
 
     def _drain_seconds(self) -> float:
-        """Retry-After for a refused request: how long the queued tokens take at the measured rate."""
+        """Retry-After for a refused request: how long the pending tokens take at the measured rate."""
         rate = self._tokens_per_s
-        return max(1.0, self._queued_tokens / rate) if rate else 1.0
+        return max(1.0, self.pending_tokens / rate) if rate else 1.0
 
     def close(self) -> None:
         with self._cond:
@@ -111,7 +120,9 @@ class TokenBatcher:
         if self._wait:  # let requests arriving together share a batch
             time.sleep(self._wait)
         with self._cond:
-            items, self._queue, self._queued_tokens = self._queue, [], 0
+            items, self._queue = self._queue, []
+            self._running_tokens += self._queued_tokens
+            self._queued_tokens = 0
         return items
 
     def _loop(self) -> None:
@@ -121,9 +132,11 @@ class TokenBatcher:
                 return
             items.sort(key=lambda it: len(it.ids))
             for batch in self._cut(items):
-                batch = [it for it in batch if self._admit(it)]
-                if batch:
-                    self._run_batch(batch)
+                admitted = [it for it in batch if self._admit(it)]
+                if admitted:
+                    self._run_batch(admitted)
+                with self._cond:
+                    self._running_tokens -= sum(len(it.ids) for it in batch)
 
     def _admit(self, it: _Item) -> bool:
         """Mark the sequence running, unless its future was cancelled meanwhile (then drop it)."""

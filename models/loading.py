@@ -25,7 +25,7 @@ from torch import nn  # noqa: E402
 from models.errors import ModelNotFound  # noqa: E402
 from models.presets import BUNDLED_SMOLLM2  # noqa: E402
 
-Head = Literal["none", "score", "yes_no"]
+Head = Literal["none", "score", "yes_no", "query_likelihood"]
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Source:
 class LoadedModel:
     tokenizer: object
     backbone: nn.Module  # decoder stack returning last_hidden_state (post final norm)
-    head: nn.Linear | None  # hidden -> 1 relevance logit (rerankers only)
+    head: nn.Linear | None  # rerankers: hidden -> 1 relevance logit, or the LM head (query likelihood)
     dim: int
     device: torch.device
     source: str
@@ -156,7 +156,8 @@ def _auto_class(head: Head, adapter_task: str | None = None):
 
     if head == "none" and adapter_task == "CAUSAL_LM":
         return AutoModelForCausalLM
-    return {"none": AutoModel, "score": AutoModelForSequenceClassification, "yes_no": AutoModelForCausalLM}[head]
+    return {"none": AutoModel, "score": AutoModelForSequenceClassification, "yes_no": AutoModelForCausalLM,
+            "query_likelihood": AutoModelForCausalLM}[head]
 
 
 def load(
@@ -197,12 +198,15 @@ def load(
 
 
 def _split(model, head: Head, tokenizer, yes_no: tuple[str, str]) -> tuple[nn.Module, nn.Linear | None]:
-    """Backbone plus one linear map to a single logit (a yes/no pair becomes w_yes - w_no)."""
+    """Backbone plus its head: one linear map to a single logit (a yes/no pair becomes w_yes - w_no), or
+    the whole LM head for a query-likelihood reranker."""
     backbone = model.base_model  # the decoder stack (a bare AutoModel is its own base_model)
     if head == "none":
         return backbone, None
     if head == "score":
         return backbone, model.score
+    if head == "query_likelihood":
+        return backbone, model.get_output_embeddings()
     ids = []
     for word in yes_no:
         tok = tokenizer.encode(word, add_special_tokens=False)

@@ -103,8 +103,12 @@ def pool_packed(hidden: torch.Tensor, lengths: list[int], k: int) -> torch.Tenso
     return sums.index_add_(0, segment, hidden[: int(ends[-1])]) / n[:, None].to(hidden.dtype)
 
 
+def packed_hidden(backbone: torch.nn.Module, seqs: list[list[int]]) -> torch.Tensor:
+    """[total, H] final states of the sequences packed into one row, without padding."""
+    p = pack(seqs, next(backbone.parameters()).device)
+    return packed_forward(backbone, p.input_ids, p.position_ids, p.cu_seqlens, p.max_length)
+
+
 def packed_pooled(backbone: torch.nn.Module, seqs: list[list[int]], k: int) -> torch.Tensor:
     """[n, H] pooled final states (see pool_packed) from one packed forward."""
-    p = pack(seqs, next(backbone.parameters()).device)
-    hidden = packed_forward(backbone, p.input_ids, p.position_ids, p.cu_seqlens, p.max_length)
-    return pool_packed(hidden, [len(s) for s in seqs], k)
+    return pool_packed(packed_hidden(backbone, seqs), [len(s) for s in seqs], k)

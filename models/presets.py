@@ -40,7 +40,9 @@ class RerankerPreset:
     name: str
     description: str
     template: tuple[str, ...]
-    head: Literal["score", "yes_no"]  # seq-cls linear head, or LM-head logits of two answer tokens
+    # seq-cls linear head; LM-head logits of two answer tokens; or query likelihood: the mean log-probability
+    # of the query's tokens after the document (the template's last segment is the query, scored)
+    head: Literal["score", "yes_no", "query_likelihood"]
     activation: Literal["none", "sigmoid"] = "none"
     yes_no: tuple[str, str] = ("yes", "no")
     max_length: int = 512
@@ -56,6 +58,9 @@ _QWEN3_SYSTEM = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
     'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
 )
+# UPR's question-generation prompt made neutral: a query of any kind, not only a question. The document
+# is the truncatable field; the query is the last segment, the span a likelihood head scores.
+_QUERY_LIKELIHOOD = ("Document: ", "{document}", "\nA short search query this document answers:", " {query}")
 _QWEN3_TASK = "<Instruct>: Given a web search query, retrieve relevant passages that answer the query"
 
 _SMOLLM2_MEAN = EncoderPreset(
@@ -141,7 +146,23 @@ RERANKERS: dict[str, RerankerPreset] = {
         ),
         RerankerPreset(
             name="smollm2-reranker",
-            description="bundled SmolLM2-135M-Instruct asked yes/no in its own chat format (zero-shot)",
+            description="bundled SmolLM2-135M-Instruct, zero-shot query likelihood: the mean log-probability "
+            "of the query after 'Document: d / A short search query this document answers:'",
+            template=_QUERY_LIKELIHOOD,
+            head="query_likelihood",
+            default_model=BUNDLED_SMOLLM2,
+        ),
+        RerankerPreset(
+            name="query-likelihood",
+            description="any causal LM, zero-shot: the mean log-probability of the query given the document "
+            "(UPR), with the prompt of smollm2-reranker",
+            template=_QUERY_LIKELIHOOD,
+            head="query_likelihood",
+        ),
+        RerankerPreset(
+            name="smollm2-yesno",
+            description="bundled SmolLM2-135M-Instruct asked yes/no in its own chat format (zero-shot; it "
+            "lowers nDCG@10 on the Debian set, RESULTS.md)",
             template=(
                 _QWEN3_SYSTEM,
                 "<Query>: {query}\n<Document>: {document}\nDoes the Document answer the Query?",

@@ -1,4 +1,10 @@
-"""(query, documents) -> one relevance score each, through the shared batcher."""
+"""(query, documents) -> one relevance score each, through the shared batcher.
+
+Two kinds of score. A one-logit head (a trained score head, or an LM's yes-minus-no logits) reads the
+pair's last state. A query-likelihood head (UPR, Sachan et al. 2022) reads the LM head at every query
+token placed after the document and scores the mean log-probability of the query given the document:
+zero-shot, it needs no trained head, and on the Debian set it is what lifts retrieval (RESULTS.md).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,14 @@ from models.batching import gather
 from models.presets import RerankerPreset
 from models.runtime import ModelRuntime
 from models.templates import TemplateRenderer
+
+
+class Pair(list):
+    """One pair's token ids, carrying how many trailing tokens (the query) a likelihood head scores."""
+
+    def __init__(self, ids: list[int], tail: int):
+        super().__init__(ids)
+        self.tail = tail
 
 
 @dataclass
@@ -27,13 +41,17 @@ class Reranker(ModelRuntime):
         super().__init__(model, name=f"reranker-{preset.name}", **batching)
         self.preset = preset
         self._render = TemplateRenderer(model.tokenizer, preset.template, preset.max_length)
+        self._likelihood = preset.head == "query_likelihood"
+        if self._likelihood and preset.template[-1].strip() != "{query}":
+            raise ValueError(f"preset {preset.name}: a query-likelihood template must end with the query segment")
 
     def tokenize(self, query: str, documents: list[str], truncate: bool) -> tuple[list[list[int]], int]:
         rendered = [
             self._render.render({"query": query, "document": d}, truncate, label=f"documents[{i}]")
             for i, d in enumerate(documents)
         ]
-        return [r.ids for r in rendered], sum(r.truncated for r in rendered)
+        seqs = [Pair(r.ids, r.tail) if self._likelihood else r.ids for r in rendered]
+        return seqs, sum(r.truncated for r in rendered)
 
     def submit(self, query: str, documents: list[str], truncate: bool = False) -> Future:
         """Future of `Scored`; raises InputTooLong or QueueFull before anything is queued."""
@@ -45,9 +63,34 @@ class Reranker(ModelRuntime):
         return self.submit(query, documents, truncate).result()
 
     def _run(self, seqs: list[list[int]]) -> list[float]:
+        if self._likelihood:
+            return self._query_likelihood(seqs)
         last = self.pooled_states(seqs, 1)
         with torch.inference_mode():
             logits = self.model.head(last).float()[:, 0]
         if self.preset.activation == "sigmoid":
             logits = torch.sigmoid(logits)
         return logits.cpu().tolist()
+
+    @torch.inference_mode()
+    def _query_likelihood(self, seqs: list[Pair]) -> list[float]:
+        k = max(s.tail for s in seqs) + 1  # the state before each query token predicts it
+        return query_logprob(self.last_states(seqs, k), seqs, self.model.head).cpu().tolist()
+
+
+def query_logprob(states: torch.Tensor, seqs: list[Pair], lm_head, rows_per_chunk: int = 512) -> torch.Tensor:
+    """[B] mean log P(query token | document, earlier query tokens), from states [B, k, H] at each pair's
+    last k positions. Only the query positions go through the LM head, in chunks, so no [tokens, vocab]
+    matrix is held for a whole batch. Differentiable: `reprank train reranker` uses it."""
+    states = states[:, :-1]  # the last state predicts nothing
+    width = states.shape[1]
+    tails = torch.tensor([s.tail for s in seqs], device=states.device)
+    real = torch.arange(width, device=states.device)[None, :] >= (width - tails)[:, None]
+    targets = torch.tensor([t for s in seqs for t in s[len(s) - s.tail:]], device=states.device)
+    picked = states[real]  # [sum of tails, H], row-major: pair by pair, query token by token
+    logp = torch.cat([
+        lm_head(chunk).float().log_softmax(-1).gather(1, target[:, None])[:, 0]
+        for chunk, target in zip(picked.split(rows_per_chunk), targets.split(rows_per_chunk), strict=True)
+    ])
+    owner = torch.repeat_interleave(torch.arange(len(seqs), device=states.device), tails)
+    return torch.zeros(len(seqs), device=states.device).index_add(0, owner, logp) / tails.clamp(min=1)

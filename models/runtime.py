@@ -18,7 +18,7 @@ import torch
 from models.batching import BatchStats, TokenBatcher
 from models.graphs import GraphedBackbone
 from models.loading import LoadedModel
-from models.packed import ATTENTION, packed_pooled, register
+from models.packed import ATTENTION, packed_hidden, packed_pooled, register
 
 
 def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,8 +33,9 @@ def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 def gather_last(hidden: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
-    """hidden [B, T, H] at each row's last k real positions -> [B, k, H] (differentiable: training uses it)."""
-    pos = lengths[:, None] - k + torch.arange(k, device=hidden.device)[None, :]
+    """hidden [B, T, H] at each row's last k real positions -> [B, k, H] (differentiable: training uses it).
+    A row shorter than k repeats its first state at the front (a multi-position head masks those)."""
+    pos = (lengths[:, None] - k + torch.arange(k, device=hidden.device)[None, :]).clamp(min=0)
     return hidden.gather(1, pos[:, :, None].expand(-1, -1, hidden.shape[-1]))
 
 
@@ -93,6 +94,18 @@ class ModelRuntime:
         ids, mask, lengths = pad_right(seqs, self.pad_id, self.model.device)
         hidden = self.model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
         return pool(hidden, lengths, k)
+
+    @torch.inference_mode()
+    def last_states(self, seqs: list[list[int]], k: int) -> torch.Tensor:
+        """[B, k, H]: final-layer states at each sequence's last k positions, for a head that reads
+        several positions (query likelihood). Rows shorter than k repeat their first state at the front;
+        the caller masks those. Packed on CUDA; never a graph (its batches are rerank-sized)."""
+        if self.packed:
+            lengths = torch.tensor([len(s) for s in seqs], device=self.model.device)
+            pos = (lengths[:, None] - k + torch.arange(k, device=lengths.device)[None, :]).clamp(min=0)
+            return packed_hidden(self.model.backbone, seqs)[pos + (lengths.cumsum(0) - lengths)[:, None]]
+        ids, mask, lengths = pad_right(seqs, self.pad_id, self.model.device)
+        return gather_last(self.model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, lengths, k)
 
     def close(self) -> None:
         self.batcher.close()

@@ -13,6 +13,7 @@ TRUNCATABLE = ("{text}", "{document}")
 class Rendered:
     ids: list[int]
     truncated: int  # tokens removed from the free-text field
+    tail: int  # tokens of the last segment (a query-likelihood reranker scores them)
 
 
 class TemplateRenderer:
@@ -58,4 +59,4 @@ class TemplateRenderer:
                     f"{label}: the query and prompt alone take {fixed} of {self.max_length} tokens"
                 )
             pieces[free_i] = pieces[free_i][: len(pieces[free_i]) - over]
-        return Rendered([t for p in pieces for t in p], max(over, 0))
+        return Rendered([t for p in pieces for t in p], max(over, 0), len(pieces[-1]))

@@ -34,8 +34,8 @@ class Metrics:
         self.batch_seconds = Histogram("reprank_batch_seconds", "forward pass time", ["model"], buckets=LATENCY,
                                        registry=r)
         self.queue_depth = Gauge("reprank_queue_depth", "sequences waiting for a batch", ["model"], registry=r)
-        self.queue_tokens = Gauge("reprank_queue_tokens", "tokens waiting for a batch", ["model"], registry=r)
-        self.queue_limit = Gauge("reprank_queue_limit_tokens", "queued tokens beyond which requests get 429",
+        self.queue_tokens = Gauge("reprank_queue_tokens", "tokens admitted and not finished (waiting or running)", ["model"], registry=r)
+        self.queue_limit = Gauge("reprank_queue_limit_tokens", "pending tokens beyond which requests get 429",
                                  ["model"], registry=r)
         self.rejected = Counter("reprank_rejected", "requests refused because the queue was full", ["model"],
                                 registry=r)
@@ -60,7 +60,7 @@ class Metrics:
 
     def watch_queue(self, model: str, batcher) -> None:
         self.queue_depth.labels(model).set_function(lambda: batcher.depth)
-        self.queue_tokens.labels(model).set_function(lambda: batcher.queued_tokens)
+        self.queue_tokens.labels(model).set_function(lambda: batcher.pending_tokens)
         self.queue_limit.labels(model).set_function(lambda: batcher.max_queue_tokens)
         self._dropped.batchers[model] = batcher
 

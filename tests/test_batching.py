@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from concurrent.futures import CancelledError, Future, wait
 
 import pytest
@@ -52,6 +53,14 @@ def fake():
 def make(fake: FakeRun, **kw) -> TokenBatcher:
     kw.setdefault("wait_ms", 0)
     return TokenBatcher(fake, **kw)
+
+
+def wait_for(condition, timeout: float = TIMEOUT) -> None:
+    """The worker updates its counts just after resolving the futures: poll briefly for them."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.005)
 
 
 def block_worker(b: TokenBatcher, fake: FakeRun) -> Future:
@@ -145,27 +154,48 @@ def test_batches_respect_token_and_size_budgets(fake, max_tokens, max_size):
 def test_queue_full_is_atomic_and_the_queue_drains(fake):
     b = make(fake, max_queue_tokens=100)
     try:
-        block_worker(b, fake)
+        block_worker(b, fake)  # its one token is running: it counts against the bound until it finishes
         queued = b.submit([seq(1, 30), seq(2, 30)]) + b.submit([seq(3, 30)])
-        assert (b.depth, b.queued_tokens) == (3, 90)
+        assert (b.depth, b.queued_tokens, b.pending_tokens) == (3, 90, 91)
         with pytest.raises(QueueFull) as err:
-            b.submit([seq(4, 5), seq(5, 6)])  # 90 + 11 > 100: none of it is queued
+            b.submit([seq(4, 5), seq(5, 6)])  # 91 + 11 > 100: none of it is queued
         assert err.value.retry_after > 0 and "100" in str(err.value)
-        assert (b.depth, b.queued_tokens) == (3, 90)
-        queued += b.submit([seq(6, 4), seq(7, 6)])  # exactly at the limit fits
-        assert (b.depth, b.queued_tokens) == (5, 100)
+        assert (b.depth, b.pending_tokens) == (3, 91)
+        queued += b.submit([seq(6, 4), seq(7, 5)])  # exactly at the limit fits
+        assert (b.depth, b.pending_tokens) == (5, 100)
         with pytest.raises(QueueFull):
             b.submit([seq(8, 1)])
-        assert (b.depth, b.queued_tokens) == (5, 100)
+        assert (b.depth, b.pending_tokens) == (5, 100)
 
         fake.gate.set()
         assert [f.result(TIMEOUT)[0] for f in queued] == [1, 2, 3, 6, 7]
         ran = {s[0] for s in fake.seen()}
         assert not ran & {4, 5, 8}  # refused sequences never run
-        assert (b.depth, b.queued_tokens) == (0, 0)
+        wait_for(lambda: b.pending_tokens == 0)
+        assert b.depth == 0
         # an empty queue takes even a request over the limit (else it could never run)
         (big,) = b.submit([seq(9, 150)])
         assert big.result(TIMEOUT)[0] == 9
+    finally:
+        b.close()
+
+
+def test_taken_work_counts_against_the_bound_until_it_finishes(fake):
+    """Work the worker has taken but not finished still bounds admission: under overload an accepted
+    request never has more than max_queue_tokens ahead of it (a waiting-only count lets the backlog
+    grow to the limit twice over)."""
+    b = make(fake, max_queue_tokens=100)
+    try:
+        (first,) = b.submit([[BLOCK] + [0] * 59])  # 60 tokens, taken at once and parked in run()
+        assert fake.entered.wait(TIMEOUT)
+        assert (b.queued_tokens, b.pending_tokens) == (0, 60)
+        with pytest.raises(QueueFull):
+            b.submit([seq(1, 50)])  # the queue is empty, but 60 + 50 > 100
+        (second,) = b.submit([seq(2, 40)])
+        assert b.pending_tokens == 100
+        fake.gate.set()
+        assert second.result(TIMEOUT)[0] == 2 and first.result(TIMEOUT)[0] == BLOCK
+        wait_for(lambda: b.pending_tokens == 0)
     finally:
         b.close()
 

@@ -25,11 +25,23 @@ def test_bundled_encoder(encoder):
     assert np.allclose(out.vectors, again, atol=1e-5)  # batch order does not matter
 
 
-def test_bundled_reranker():
-    rr = open_reranker("smollm2-reranker")
+def test_the_default_reranker_is_query_likelihood_and_it_ranks():
+    """The bundled default reranks zero-shot by log P(query | document); the old yes/no prompt failed this
+    kind of check on the Debian set (RESULTS.md)."""
+    from service.settings import Settings
+
+    assert Settings().reranker == "smollm2-reranker"
+    rr = open_reranker()
     try:
-        scores = rr.score("yaml parser for python", ["PyYAML is a YAML parser for Python.", "It burns CDs."]).scores
-        assert all(0.0 < s < 1.0 for s in scores) and scores[0] != scores[1]
+        assert rr.preset.head == "query_likelihood"
+        passages = ["PyYAML is a YAML parser and emitter for the Python programming language.",
+                    "cdrecord writes data and audio to CD-R, CD-RW and DVD media from the command line.",
+                    "FLAC stands for Free Lossless Audio Codec; this package holds the shared library."]
+        for right, query in enumerate(["YAML parser for Python", "burn CDs and DVDs from the command line",
+                                       "lossless audio codec library"]):
+            scores = rr.score(query, passages).scores
+            assert all(s < 0 for s in scores)  # mean log-probabilities
+            assert int(np.argmax(scores)) == right, (query, scores)
     finally:
         rr.close()
 

@@ -64,12 +64,23 @@ def test_reranker_parity(tmp_path_factory, tokenizer_dir, arch, name, packed):
         alone = rr.score(SHORT, [MIDDLE]).scores[0]
         batch = rr.score(SHORT, [LONG, MIDDLE, LONG + " again"]).scores[1]
         assert abs(alone - batch) <= 1e-4
+        # two requests' pairs in one batch: each keeps its own score (a likelihood head scores each
+        # pair's own query span, whatever the other queries' lengths)
+        other = rr.submit(LONG[:200], [MIDDLE, SHORT])
+        mine = rr.submit(SHORT, [MIDDLE])
+        assert abs(mine.result().scores[0] - alone) <= 1e-4
+        assert other.result().scores == pytest.approx(rr.score(LONG[:200], [MIDDLE, SHORT]).scores, abs=1e-4)
 
         ids, _ = rr.tokenize(SHORT, [MIDDLE], truncate=False)
         x = torch.tensor(ids)
         with torch.no_grad():
             if preset.head == "score":
                 ref = AutoModelForSequenceClassification.from_pretrained(folder).eval()(x).logits[0, 0].item()
+            elif preset.head == "query_likelihood":  # mean log P(query token | everything before it)
+                logp = AutoModelForCausalLM.from_pretrained(folder).eval()(x).logits[0].log_softmax(-1)
+                tail = len(rr.tokenizer.encode(preset.template[-1].format(query=SHORT), add_special_tokens=False))
+                targets = x[0, -tail:]
+                ref = logp[-tail - 1 : -1].gather(1, targets[:, None]).mean().item()
             else:
                 logits = AutoModelForCausalLM.from_pretrained(folder).eval()(x).logits[0, -1]
                 yes, no = (rr.tokenizer.encode(w, add_special_tokens=False)[0] for w in preset.yes_no)

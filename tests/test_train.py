@@ -174,6 +174,29 @@ def test_reranker_learns_and_loads_with_its_score_head(dataset, tiny_llama, tmp_
         base.close()
 
 
+def test_query_likelihood_reranker_learns_and_loads_as_served(dataset, tiny_llama, tmp_path):
+    """Fine-tuning the zero-shot query-likelihood reranker: the group loss falls, the CAUSAL_LM adapter
+    loads through open_reranker with its preset, and it scores differently from the untrained model."""
+    out = tmp_path / "ql-reranker"
+    losses = train("reranker", dataset, out, tiny_llama, *fixed_groups(dataset, tmp_path), "--max-steps", "12",
+                   "--preset", "smollm2-reranker")
+    assert decreases(losses), losses
+    assert json.loads((out / "reprank.json").read_text()) == {"preset": "smollm2-reranker"}
+    assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    assert lora_b_is_trained(out)
+
+    trained = open_reranker(str(out))
+    base = open_reranker(str(tiny_llama), "smollm2-reranker")
+    try:
+        assert trained.preset.head == "query_likelihood"
+        got = trained.score("yaml parser", TEXTS).scores
+        assert all(s < 0 for s in got)
+        assert not np.allclose(got, base.score("yaml parser", TEXTS).scores, atol=1e-4)
+    finally:
+        trained.close()
+        base.close()
+
+
 def test_sampling_is_deterministic_and_covers_each_epoch():
     assert sorted(batch_indices(10, 5, 0, 1) + batch_indices(10, 5, 1, 1)) == list(range(10))
     assert batch_indices(10, 4, 7, 1) == batch_indices(10, 4, 7, 1) != batch_indices(10, 4, 7, 2)
