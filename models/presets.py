@@ -43,7 +43,7 @@ class RerankerPreset:
     # seq-cls linear head; LM-head logits of two answer tokens; or query likelihood: the mean log-probability
     # of the query's tokens after the document (the template's last segment is the query, scored)
     head: Literal["score", "yes_no", "query_likelihood"]
-    activation: Literal["none", "sigmoid"] = "none"
+    activation: Literal["none", "sigmoid", "exp"] = "none"  # exp: a mean log-probability becomes (0, 1]
     yes_no: tuple[str, str] = ("yes", "no")
     max_length: int = 512
     default_model: str | None = None
@@ -146,10 +146,11 @@ RERANKERS: dict[str, RerankerPreset] = {
         ),
         RerankerPreset(
             name="smollm2-reranker",
-            description="bundled SmolLM2-135M-Instruct, zero-shot query likelihood: the mean log-probability "
-            "of the query after 'Document: d / A short search query this document answers:'",
+            description="bundled SmolLM2-135M-Instruct, zero-shot query likelihood: exp of the mean "
+            "log-probability of the query after 'Document: d / A short search query this document answers:'",
             template=_QUERY_LIKELIHOOD,
             head="query_likelihood",
+            activation="exp",
             default_model=BUNDLED_SMOLLM2,
         ),
         RerankerPreset(
@@ -158,6 +159,7 @@ RERANKERS: dict[str, RerankerPreset] = {
             "(UPR), with the prompt of smollm2-reranker",
             template=_QUERY_LIKELIHOOD,
             head="query_likelihood",
+            activation="exp",
         ),
         RerankerPreset(
             name="smollm2-yesno",

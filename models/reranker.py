@@ -37,7 +37,7 @@ class Scored:
 class Reranker(ModelRuntime):
     def __init__(self, model, preset: RerankerPreset, **batching):
         if model.head is None:
-            raise ValueError("a reranker needs a model loaded with a score or yes/no head")
+            raise ValueError("a reranker needs a model loaded with a score, yes/no or query-likelihood head")
         super().__init__(model, name=f"reranker-{preset.name}", **batching)
         self.preset = preset
         self._render = TemplateRenderer(model.tokenizer, preset.template, preset.max_length)
@@ -62,20 +62,18 @@ class Reranker(ModelRuntime):
     def score(self, query: str, documents: list[str], truncate: bool = True) -> Scored:
         return self.submit(query, documents, truncate).result()
 
+    @torch.inference_mode()
     def _run(self, seqs: list[list[int]]) -> list[float]:
         if self._likelihood:
-            return self._query_likelihood(seqs)
-        last = self.pooled_states(seqs, 1)
-        with torch.inference_mode():
-            logits = self.model.head(last).float()[:, 0]
+            k = max(s.tail for s in seqs) + 1  # the state before each query token predicts it
+            scores = query_logprob(self.last_states(seqs, k), seqs, self.model.head)
+        else:
+            scores = self.model.head(self.pooled_states(seqs, 1)).float()[:, 0]
         if self.preset.activation == "sigmoid":
-            logits = torch.sigmoid(logits)
-        return logits.cpu().tolist()
-
-    @torch.inference_mode()
-    def _query_likelihood(self, seqs: list[Pair]) -> list[float]:
-        k = max(s.tail for s in seqs) + 1  # the state before each query token predicts it
-        return query_logprob(self.last_states(seqs, k), seqs, self.model.head).cpu().tolist()
+            scores = torch.sigmoid(scores)
+        elif self.preset.activation == "exp":
+            scores = torch.exp(scores)
+        return scores.cpu().tolist()
 
 
 def query_logprob(states: torch.Tensor, seqs: list[Pair], lm_head, rows_per_chunk: int = 512) -> torch.Tensor:
