@@ -91,13 +91,21 @@ def packed_forward(backbone: torch.nn.Module, input_ids: torch.Tensor, position_
                     packed_cu_seqlens=cu_seqlens, packed_max_length=max_length).last_hidden_state[0]
 
 
+def last_packed(hidden: torch.Tensor, lengths: list[int], k: int) -> torch.Tensor:
+    """Packed hidden [total (+ filler), H] -> [n, k, H]: each sequence's last k states, as runtime.gather_last
+    reads padded rows (a sequence shorter than k repeats its first state at the front)."""
+    n = torch.tensor(lengths, device=hidden.device)
+    offsets = (n[:, None] - k + torch.arange(k, device=hidden.device)[None, :]).clamp(min=0)
+    return hidden[offsets + (n.cumsum(0) - n)[:, None]]
+
+
 def pool_packed(hidden: torch.Tensor, lengths: list[int], k: int) -> torch.Tensor:
     """Packed hidden [total (+ filler), H] -> [n, H]: the mean of each sequence's last k states, or of all
     of them when k == 0, as runtime.pool does for padded rows."""
+    if k:
+        return last_packed(hidden, lengths, k).mean(dim=1)
     n = torch.tensor(lengths, device=hidden.device)
     ends = n.cumsum(0)
-    if k:
-        return hidden[ends[:, None] - k + torch.arange(k, device=hidden.device)[None, :]].mean(dim=1)
     segment = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), n)
     sums = torch.zeros(len(lengths), hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
     return sums.index_add_(0, segment, hidden[: int(ends[-1])]) / n[:, None].to(hidden.dtype)

@@ -18,7 +18,7 @@ import torch
 from models.batching import BatchStats, TokenBatcher
 from models.graphs import GraphedBackbone
 from models.loading import LoadedModel
-from models.packed import ATTENTION, packed_hidden, packed_pooled, register
+from models.packed import ATTENTION, last_packed, packed_hidden, packed_pooled, register
 
 
 def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,9 +101,7 @@ class ModelRuntime:
         several positions (query likelihood). Rows shorter than k repeat their first state at the front;
         the caller masks those. Packed on CUDA; never a graph (its batches are rerank-sized)."""
         if self.packed:
-            lengths = torch.tensor([len(s) for s in seqs], device=self.model.device)
-            pos = (lengths[:, None] - k + torch.arange(k, device=lengths.device)[None, :]).clamp(min=0)
-            return packed_hidden(self.model.backbone, seqs)[pos + (lengths.cumsum(0) - lengths)[:, None]]
+            return last_packed(packed_hidden(self.model.backbone, seqs), [len(s) for s in seqs], k)
         ids, mask, lengths = pad_right(seqs, self.pad_id, self.model.device)
         return gather_last(self.model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, lengths, k)
 
