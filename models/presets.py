@@ -66,12 +66,23 @@ _QWEN3_TASK = "<Instruct>: Given a web search query, retrieve relevant passages 
 _SMOLLM2_MEAN = EncoderPreset(
     name="smollm2-mean",
     description="bundled SmolLM2 with RepLLaMA's template, mean of all token states: the raw model "
-    "already retrieves a little this way (EOS pooling retrieves nothing before training), so a short "
-    "CPU training run starts ahead; the shipped retriever adapter uses it",
+    "already retrieves a little this way (EOS pooling retrieves nothing before training); the first "
+    "shipped adapter used it, before LLaRA + contrastive overtook it (benchmarks/RESULTS.md)",
     query_template=("query: {text}", "<eos>"),
     passage_template=("passage: {text}", "<eos>"),
     pool_last=0,
     default_model=BUNDLED_SMOLLM2,
+)
+
+_SMOLLM2_LLARA = EncoderPreset(
+    name="smollm2-llara",
+    description="bundled SmolLM2 with LLaRA's prompts and pooling; no BOS (a chat marker there), "
+    "and <s1>..<s16> are 16 tokens added by `reprank train llara` (its adapter ships them)",
+    query_template=_llara("predict the following passage", 9)[1:],
+    passage_template=_llara("summarize the above passage", 1)[1:],
+    pool_last=8,
+    max_length=512 + 21,
+    special_tokens=tuple(f"<s{i}>" for i in range(1, 17)),
 )
 
 ENCODERS: dict[str, EncoderPreset] = {
@@ -102,22 +113,13 @@ ENCODERS: dict[str, EncoderPreset] = {
             default_model=BUNDLED_SMOLLM2,
         ),
         _SMOLLM2_MEAN,
+        _SMOLLM2_LLARA,
         replace(
-            _SMOLLM2_MEAN,
+            _SMOLLM2_LLARA,
             name="smollm2-retriever",
-            description="the default: bundled SmolLM2 with the project's contrastively trained LoRA adapter "
-            "(models/adapters/smollm2-retriever, rebuilt by models/train/RECIPES.md), smollm2-mean's conventions",
+            description="the default: bundled SmolLM2 with the project's LLaRA + contrastive LoRA adapter "
+            "(models/adapters/smollm2-retriever, rebuilt by models/train/RECIPES.md), smollm2-llara's conventions",
             default_model=BUNDLED_RETRIEVER,
-        ),
-        EncoderPreset(
-            name="smollm2-llara",
-            description="bundled SmolLM2 with LLaRA's prompts and pooling; no BOS (a chat marker there), "
-            "and <s1>..<s16> are 16 tokens added by `reprank train llara` (its adapter ships them)",
-            query_template=_llara("predict the following passage", 9)[1:],
-            passage_template=_llara("summarize the above passage", 1)[1:],
-            pool_last=8,
-            max_length=512 + 21,
-            special_tokens=tuple(f"<s{i}>" for i in range(1, 17)),
         ),
     ]
 }

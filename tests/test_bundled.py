@@ -52,7 +52,7 @@ def test_the_default_encoder_is_the_shipped_adapter_and_it_retrieves():
     assert Settings().model == "smollm2-retriever"
     enc = open_encoder()  # what `reprank serve` loads by default: bundled SmolLM2 + models/adapters/smollm2-retriever
     try:
-        assert enc.preset.pool_last == 0 and enc.model.source == "bundled:smollm2-retriever"
+        assert enc.preset.pool_last == 8 and enc.model.source == "bundled:smollm2-retriever"  # LLaRA pooling
         queries = ["YAML parser and emitter for Python", "command line tool to burn CDs and DVDs",
                    "lossless audio codec library"]
         passages = ["PyYAML is a YAML parser and emitter for the Python programming language.",
