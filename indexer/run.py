@@ -59,12 +59,15 @@ def encode_queries(encoder, texts: list[str], chunk_size: int = 256) -> np.ndarr
 def derived_collection(prefix: str, dataset: str | Path, encoder, *extra) -> str:
     """A collection name for (dataset, encoder, extra): reused while they are the same, new otherwise.
 
-    A local model folder counts with its files' sizes and times, so retraining an adapter in place
-    gets a fresh collection instead of silently reusing the old vectors.
+    The model's files count with their sizes and times (a local folder, a bundled adapter, a GGUF file),
+    so retraining an adapter in place, or a release that ships a new bundled adapter under the same
+    name, gets a fresh collection instead of silently reusing the old vectors.
     """
-    source = Path(encoder.model.source)
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source.iterdir()
-                   if f.is_file()) if source.is_dir() else []
+    from models.loading import source_path
+
+    source = source_path(encoder.model.source)
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in (source.iterdir() if source.is_dir() else [source]) if f.is_file())
     key = json.dumps([str(Path(dataset).resolve()), encoder.model.source, encoder.preset.name, files, *extra])
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(Path(dataset).resolve().parts[-2:]))[-24:].strip("-._")
     return f"{prefix}-{name}-{encoder.preset.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"

@@ -82,15 +82,20 @@ def _materialize_gguf(path: Path) -> Path | None:
         return target if (target / "config.json").exists() else None
 
 
-def resolve(source: str) -> Source:
+def source_path(source: str) -> Path:
+    """Where a source lives on disk: the bundled GGUF file, a bundled adapter's folder, or the path."""
     if source == BUNDLED_SMOLLM2:
-        path = bundled_smollm2_path()
-    elif source.startswith("bundled:"):  # an adapter shipped inside the package
+        return bundled_smollm2_path()
+    if source.startswith("bundled:"):  # an adapter shipped inside the package
         path = Path(__file__).parent / "adapters" / source.removeprefix("bundled:")
         if not (path / "adapter_config.json").exists():
             raise ModelNotFound(f"{source}: no such bundled adapter in {path.parent}")
-    else:
-        path = Path(source).expanduser()
+        return path
+    return Path(source).expanduser()
+
+
+def resolve(source: str) -> Source:
+    path = source_path(source)
     if path.is_file() and path.suffix == ".gguf":
         cached = _materialize_gguf(path)
         return Source("hf", cached) if cached else Source("gguf", path)

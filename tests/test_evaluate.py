@@ -4,6 +4,7 @@ store and reranker, metrics from ir-measures, TREC runs beside the JSON."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from conftest import tiny_model_args
@@ -61,3 +62,30 @@ def test_unknown_pipeline_is_refused(dataset, tiny_llama, tmp_path, capsys):
     assert main(["eval", "--dataset", str(dataset), "--data-dir", str(tmp_path), "--pipelines", "splade",
                  "--reranker", "none", "--model", str(tiny_llama), "--model-preset", "smollm2"]) == 2
     assert "unknown pipelines ['splade']" in capsys.readouterr().err
+
+
+def test_a_model_changed_on_disk_gets_a_fresh_collection(tmp_path, monkeypatch):
+    """Retraining an adapter in place, or a release shipping a new bundled adapter under the same name,
+    must not reuse vectors from the old weights (a bundled adapter once did: same name, stale index)."""
+    import models.loading
+    from indexer.run import derived_collection
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"v1")
+
+    def name(source: str) -> str:
+        encoder = SimpleNamespace(model=SimpleNamespace(source=source), preset=SimpleNamespace(name="p"))
+        return derived_collection("eval", tmp_path, encoder)
+
+    first = name(str(folder))
+    assert name(str(folder)) == first
+    (folder / "adapter_model.safetensors").write_bytes(b"v2, retrained")
+    assert name(str(folder)) != first
+
+    shipped = models.loading.source_path("bundled:smollm2-retriever")
+    assert (shipped / "adapter_config.json").exists() and shipped.parent.name == "adapters"
+    monkeypatch.setattr(models.loading, "source_path", lambda source: folder)  # the package folder, elsewhere
+    before = name("bundled:smollm2-retriever")
+    (folder / "adapter_model.safetensors").write_bytes(b"v3, the next release")
+    assert name("bundled:smollm2-retriever") != before
