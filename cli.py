@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int)
     p.add_argument("--no-rerank", action="store_true")
     p.add_argument("--hybrid", action="store_true", help="fuse dense and BM25 (RRF) before reranking")
+    p.add_argument("--rerank-fusion", choices=("rrf", "none"), help="order by RRF of retrieval and rerank "
+                   "ranks, or by the rerank score alone (default: the server's setting)")
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"section": "python"}\'')
     p.add_argument("--url", help="ask a running server (e.g. http://127.0.0.1:8000) instead of loading models here")
     _common(p)
@@ -83,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="dev")
     p.add_argument("--output", help="JSON {pipeline: {metric: value}}; TREC run files are written beside it")
     p.add_argument("--collection", help="default: derived from dataset, encoder and preset (reused if complete)")
-    p.add_argument("--pipelines", nargs="+", help="default: bm25 dense hybrid dense+rerank hybrid+rerank")
+    p.add_argument("--pipelines", nargs="+", help="default: bm25 dense hybrid dense+rerank hybrid+rerank "
+                   "dense+rerank+rrf hybrid+rerank+rrf (+rrf: the rerank fused with the retrieval ranks, "
+                   "the order /v1/search gives by default)")
     p.add_argument("--max-queries", type=int, help="the first N queries of the split")
     p.add_argument("--candidates", type=int, default=100, help="retrieved per query (Recall@100 needs 100)")
     p.add_argument("--rerank-depth", type=int, default=20, help="top candidates the reranker rescores")
@@ -138,6 +142,8 @@ def cmd_search(args) -> int:
         body["candidates"] = args.candidates
     if args.no_rerank:
         body["rerank"] = False
+    if args.rerank_fusion:
+        body["rerank_fusion"] = args.rerank_fusion
     if args.filter:
         body["filter"] = json.loads(args.filter)
     if args.url:
@@ -179,7 +185,7 @@ def cmd_eval(args) -> int:
     s = settings_from(args)
     kw = s.model_kwargs()
     pipelines = tuple(args.pipelines or PIPELINES)
-    rerank = s.reranker != "none" and any(p.endswith("+rerank") for p in pipelines)
+    rerank = s.reranker != "none" and any("+rerank" in p for p in pipelines)
     store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
     encoder = reranker = None
     try:

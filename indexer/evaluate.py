@@ -5,7 +5,8 @@ partial one finished). Each query of the split then runs through the store and t
 served: `bm25` (store.query_bm25, the same-run lexical baseline), `dense` (store.query), `hybrid`
 (store.query with hybrid_text: Qdrant's RRF fusion of dense and BM25), and `dense+rerank` /
 `hybrid+rerank` (the Reranker rescoring the top --rerank-depth candidates; the rest keep their order
-below them, so Recall@100 is the first stage's). Metrics come from ir-measures (pytrec_eval); a
+below them, so Recall@100 is the first stage's), and `dense+rerank+rrf` / `hybrid+rerank+rrf` (the
+same scores fused with the retrieval ranks, as /v1/search orders them with rerank_fusion "rrf"). Metrics come from ir-measures (pytrec_eval); a
 query that retrieves nothing is scored 0, never dropped from the mean.
 """
 
@@ -22,8 +23,9 @@ from tqdm import tqdm
 from indexer.corpus import count_documents, read_corpus, read_qrels, read_queries
 from indexer.run import derived_collection, encode_queries, index_corpus, passage_text
 from indexer.store import Document, Hit, VectorStore
+from models.reranker import final_scores
 
-PIPELINES = ("bm25", "dense", "hybrid", "dense+rerank", "hybrid+rerank")
+PIPELINES = ("bm25", "dense", "hybrid", "dense+rerank", "hybrid+rerank", "dense+rerank+rrf", "hybrid+rerank+rrf")
 MEASURES = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
 _NOTHING = "__no_result__"  # stands in for an empty result list so the query still counts as 0
 
@@ -38,7 +40,7 @@ def evaluate(dataset: str | Path, split: str, encoder, reranker, store: VectorSt
     if unknown := set(pipelines) - set(PIPELINES):
         raise ValueError(f"unknown pipelines {sorted(unknown)}; known: {', '.join(PIPELINES)}")
     if reranker is None:
-        pipelines = tuple(p for p in pipelines if not p.endswith("+rerank"))
+        pipelines = tuple(p for p in pipelines if "+rerank" not in p)
     qrels = read_qrels(dataset, split)
     qids = list(qrels)[:max_queries] if max_queries else list(qrels)
     qrels = {q: qrels[q] for q in qids}
@@ -74,12 +76,14 @@ def evaluate(dataset: str | Path, split: str, encoder, reranker, store: VectorSt
             if name in runs:
                 runs[name][q] = [h.doc_id for h in hits]
         began = time.perf_counter()
-        reranked = [p for p in pipelines if p.endswith("+rerank")]
+        reranked = [p for p in pipelines if "+rerank" in p]
         scores = _rerank_scores(reranker, text, [first[p.split("+")[0]][:rerank_depth] for p in reranked])
         for p in reranked:
             ids = [h.doc_id for h in first[p.split("+")[0]]]
-            top = sorted(ids[:rerank_depth], key=lambda d: -scores[d])  # stable: ties keep retrieval order
-            runs[p][q] = top + ids[rerank_depth:]
+            head = ids[:rerank_depth]
+            final = final_scores([scores[d] for d in head], "rrf" if p.endswith("+rrf") else "none")
+            top = sorted(range(len(head)), key=lambda i: -final[i])  # stable: ties keep retrieval order
+            runs[p][q] = [head[i] for i in top] + ids[rerank_depth:]
         rerank += time.perf_counter() - began
     timings.update(search=search, rerank=rerank)
     metrics = {p: score_run(runs[p], qrels) for p in pipelines}
@@ -124,7 +128,7 @@ def write_outputs(output: str | Path, metrics: dict, runs: dict[str, Run]) -> li
 
 def format_table(metrics: dict[str, dict[str, float]], info: dict) -> str:
     lines = [f"{info['dataset']} ({info['split']}, {info['queries']} queries, collection {info['collection']})",
-             f"{'pipeline':<15}" + "".join(f"{m:>12}" for m in MEASURES)]
-    lines += [f"{p:<15}" + "".join(f"{v[m]:>12.4f}" for m in MEASURES) for p, v in metrics.items()]
+             f"{'pipeline':<18}" + "".join(f"{m:>12}" for m in MEASURES)]
+    lines += [f"{p:<18}" + "".join(f"{v[m]:>12.4f}" for m in MEASURES) for p, v in metrics.items()]
     lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()))
     return "\n".join(lines)

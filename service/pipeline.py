@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from indexer.store import Hit, VectorStore, check_name, parse_filter
 from models.encoder import Encoded
-from models.reranker import Scored
+from models.reranker import Scored, final_scores
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.schemas import ModelCard, SearchHit, SearchRequest, SearchResponse, SearchUsage
@@ -89,15 +89,18 @@ class Pipeline:
                 hybrid_text=req.query if req.hybrid else None,
             )
         scores: list[float | None] = [None] * len(hits)
+        final = [h.score for h in hits]
         rerank_tokens = truncated = 0
-        order = list(range(len(hits)))
         reranked = rerank and bool(hits)
         if reranked:
             with self.metrics.timed("rerank", timings):
                 docs = [f"{h.payload.get('title', '')} {h.payload.get('text', '')}".strip() for h in hits]
                 scored = await self.rerank(req.query, docs, truncate=True)  # stored passages may be long
             scores, rerank_tokens, truncated = scored.scores, scored.tokens, scored.truncated_tokens
-            order.sort(key=lambda i: -scores[i])
+            final = final_scores(scores, req.rerank_fusion or s.rerank_fusion)
+        order = list(range(len(hits)))
+        if reranked:
+            order.sort(key=lambda i: -final[i])  # stable: ties keep retrieval order
         timings["total"] = round((time.perf_counter() - start) * 1000, 2)
         return SearchResponse(
             collection=collection,
@@ -105,7 +108,7 @@ class Pipeline:
             results=[
                 SearchHit(
                     id=hits[i].doc_id,
-                    score=scores[i] if scores[i] is not None else hits[i].score,
+                    score=final[i],
                     retrieval_score=hits[i].score,
                     rerank_score=scores[i],
                     title=hits[i].payload.get("title", ""),

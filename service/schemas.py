@@ -99,6 +99,10 @@ class SearchRequest(_Request):
     candidates: int | None = Field(None, ge=1, description="retrieved before reranking; at least top_k")
     rerank: bool | None = Field(None, description="defaults to on when a reranker is loaded")
     hybrid: bool = Field(False, description="fuse dense and BM25 results (RRF) before reranking")
+    rerank_fusion: Literal["rrf", "none"] | None = Field(
+        None, description="rrf: order by RRF of retrieval and rerank ranks; none: rerank score alone "
+        "(default: the server's REPRANK_RERANK_FUSION)"
+    )
     filter: dict[str, Any] | None = Field(
         None, description='metadata conditions, ANDed: {"field": value | [values] | {"gte": x, "lt": y}}'
     )
@@ -107,7 +111,7 @@ class SearchRequest(_Request):
 
 class SearchHit(BaseModel):
     id: str
-    score: float  # the rank-deciding score: rerank score when reranked, else retrieval score
+    score: float  # the rank-deciding score: retrieval, rerank, or their RRF fusion (rerank_fusion)
     retrieval_score: float
     rerank_score: float | None = None
     title: str

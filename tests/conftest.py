@@ -67,8 +67,9 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
+        output = self.output()  # read before stop() closes the log
         self.stop()
-        raise RuntimeError(f"server not ready in {timeout}s: {self.output()}")
+        raise RuntimeError(f"server not ready in {timeout}s: {output}")
 
     def output(self) -> str:
         self.log.seek(0)

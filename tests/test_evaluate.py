@@ -1,4 +1,4 @@
-"""`reprank eval` on a tiny BEIR set with a tiny random model: the five pipelines through the real
+"""`reprank eval` on a tiny BEIR set with a tiny random model: the seven pipelines through the real
 store and reranker, metrics from ir-measures, TREC runs beside the JSON."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from tiny import write_beir
 from cli import main
 from indexer.evaluate import MEASURES, PIPELINES, score_run
 from indexer.store import EdgeStore
+from models.reranker import final_scores
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -89,3 +90,14 @@ def test_a_model_changed_on_disk_gets_a_fresh_collection(tmp_path, monkeypatch):
     before = name("bundled:smollm2-retriever")
     (folder / "adapter_model.safetensors").write_bytes(b"v3, the next release")
     assert name("bundled:smollm2-retriever") != before
+
+
+def test_rrf_fusion_lets_the_first_stage_overrule_a_lone_reranker_vote():
+    # reranker: candidate 4 (retrieved 5th) first, candidate 0 (retrieved 1st) second
+    scores = [0.8, 0.1, 0.2, 0.3, 0.9]
+    assert final_scores(scores, "none") == scores
+    fused = final_scores(scores, "rrf")
+    assert fused[0] == pytest.approx(1 / 61 + 1 / 62) and fused[4] == pytest.approx(1 / 65 + 1 / 61)
+    assert max(range(5), key=lambda i: fused[i]) == 0  # first in one list, second in the other wins
+    with pytest.raises(ValueError, match="borda"):
+        final_scores(scores, "borda")

@@ -111,14 +111,26 @@ def test_rerank_orders_scores(server):
 
 
 def test_search_rerank_filter_hybrid(server):
-    r = post(server, "/v1/search", {"query": "library for parsing", "top_k": 5, "candidates": 12})
+    r = post(server, "/v1/search", {"query": "library for parsing", "top_k": 5, "candidates": 12,
+                                    "rerank_fusion": "none"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["reranked"] and len(body["results"]) == 5
     scores = [h["rerank_score"] for h in body["results"]]
-    assert scores == sorted(scores, reverse=True)
+    assert scores == sorted(scores, reverse=True) and scores == [h["score"] for h in body["results"]]
     assert set(body["timings_ms"]) >= {"encode", "search", "rerank", "total"}
     assert body["results"][0]["id"].startswith("doc-") and body["results"][0]["metadata"]["section"] in SECTIONS
+
+    # the default order: RRF of each candidate's retrieval rank and rerank rank (all 12 shown)
+    fused = post(server, "/v1/search", {"query": "library for parsing", "top_k": 12, "candidates": 12}).json()
+    hits = fused["results"]
+    by_retrieval = sorted(hits, key=lambda h: -h["retrieval_score"])
+    by_rerank = sorted(hits, key=lambda h: -h["rerank_score"])
+    for h in hits:
+        expect = 1 / (61 + by_retrieval.index(h)) + 1 / (61 + by_rerank.index(h))
+        assert h["score"] == pytest.approx(expect)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert_error(post(server, "/v1/search", {"query": "q", "rerank_fusion": "borda"}), 422)
 
     plain = post(server, "/v1/search", {"query": "library for parsing", "top_k": 30, "rerank": False}).json()
     ret = [h["retrieval_score"] for h in plain["results"]]
