@@ -6,8 +6,9 @@ served: `bm25` (store.query_bm25, the same-run lexical baseline), `dense` (store
 (store.query with hybrid_text: Qdrant's RRF fusion of dense and BM25), and `dense+rerank` /
 `hybrid+rerank` (the Reranker rescoring the top --rerank-depth candidates; the rest keep their order
 below them, so Recall@100 is the first stage's), and `dense+rerank+rrf` / `hybrid+rerank+rrf` (the
-same scores fused with the retrieval ranks, as /v1/search orders them with rerank_fusion "rrf"). Metrics come from ir-measures (pytrec_eval); a
-query that retrieves nothing is scored 0, never dropped from the mean.
+same scores fused with the retrieval ranks, as /v1/search orders them with rerank_fusion "rrf").
+Metrics come from ir-measures (pytrec_eval); a query that retrieves nothing is scored 0, never
+dropped from the mean.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from indexer.run import derived_collection, encode_queries, index_corpus, passag
 from indexer.store import Document, Hit, VectorStore
 from models.reranker import final_scores
 
-PIPELINES = ("bm25", "dense", "hybrid", "dense+rerank", "hybrid+rerank", "dense+rerank+rrf", "hybrid+rerank+rrf")
+PIPELINES = ("bm25", "dense", "hybrid", "dense+rerank", "hybrid+rerank",
+             "dense+rerank+rrf", "hybrid+rerank+rrf")
 MEASURES = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
 _NOTHING = "__no_result__"  # stands in for an empty result list so the query still counts as 0
 
