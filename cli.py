@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--candidates", type=int)
     p.add_argument("--no-rerank", action="store_true")
-    p.add_argument("--hybrid", action="store_true", help="fuse dense and BM25 (RRF) before reranking")
+    p.add_argument("--hybrid", action=argparse.BooleanOptionalAction,
+                   help="fuse dense and BM25 (RRF) before reranking (default: the server's setting, on)")
     p.add_argument("--rerank-fusion", choices=("rrf", "none"), help="order by RRF of retrieval and rerank "
                    "ranks, or by the rerank score alone (default: the server's setting)")
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"section": "python"}\'')
@@ -135,7 +136,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_search(args) -> int:
-    body = {"query": args.query, "top_k": args.top_k, "hybrid": args.hybrid}
+    body = {"query": args.query, "top_k": args.top_k}
+    if args.hybrid is not None:
+        body["hybrid"] = args.hybrid
     if args.collection:
         body["collection"] = args.collection
     if args.candidates:

@@ -86,7 +86,7 @@ class Pipeline:
         with self.metrics.timed("search", timings):
             hits: list[Hit] = await run_in_threadpool(
                 self.store.query, collection, q.vectors[0], candidates if rerank else req.top_k, req.filter,
-                hybrid_text=req.query if req.hybrid else None,
+                hybrid_text=req.query if (s.hybrid if req.hybrid is None else req.hybrid) else None,
             )
         scores: list[float | None] = [None] * len(hits)
         final = [h.score for h in hits]

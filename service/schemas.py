@@ -98,7 +98,8 @@ class SearchRequest(_Request):
     top_k: int = Field(10, ge=1)
     candidates: int | None = Field(None, ge=1, description="retrieved before reranking; at least top_k")
     rerank: bool | None = Field(None, description="defaults to on when a reranker is loaded")
-    hybrid: bool = Field(False, description="fuse dense and BM25 results (RRF) before reranking")
+    hybrid: bool | None = Field(None, description="fuse dense and BM25 results (RRF) before reranking "
+                                "(default: the server's REPRANK_HYBRID, on)")
     rerank_fusion: Literal["rrf", "none"] | None = Field(
         None, description="rrf: order by RRF of retrieval and rerank ranks; none: rerank score alone "
         "(default: the server's REPRANK_RERANK_FUSION)"

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_top_k: int = 100
     max_candidates: int = 200
     default_candidates: int = 20  # retrieved then reranked when a search names no count
+    hybrid: bool = True  # search fuses dense and BM25 unless a request says "hybrid": false
     rerank_fusion: Literal["rrf", "none"] = "rrf"  # search order: RRF of retrieval and rerank ranks, or rerank alone
     warmup: bool = True
 

@@ -121,8 +121,10 @@ def test_search_rerank_filter_hybrid(server):
     assert set(body["timings_ms"]) >= {"encode", "search", "rerank", "total"}
     assert body["results"][0]["id"].startswith("doc-") and body["results"][0]["metadata"]["section"] in SECTIONS
 
-    # the default order: RRF of each candidate's retrieval rank and rerank rank (all 12 shown)
-    fused = post(server, "/v1/search", {"query": "library for parsing", "top_k": 12, "candidates": 12}).json()
+    # the default order: RRF of each candidate's retrieval rank and rerank rank (all 12 shown; dense
+    # retrieval, whose cosine scores have no ties, so the retrieval rank can be read back from them)
+    fused = post(server, "/v1/search", {"query": "library for parsing", "top_k": 12, "candidates": 12,
+                                        "hybrid": False}).json()
     hits = fused["results"]
     by_retrieval = sorted(hits, key=lambda h: -h["retrieval_score"])
     by_rerank = sorted(hits, key=lambda h: -h["rerank_score"])
@@ -141,8 +143,11 @@ def test_search_rerank_filter_hybrid(server):
     got = {h["id"] for h in filt["results"]}
     assert got == {d.doc_id for d in DOCS if d.metadata["section"] == "admin" and d.metadata["size"] >= 10}
 
-    hyb = post(server, "/v1/search", {"query": "pkg17", "top_k": 3, "hybrid": True, "rerank": False}).json()
-    assert hyb["results"][0]["id"] == "doc-17"  # the BM25 side finds the rare title word
+    hyb = post(server, "/v1/search", {"query": "pkg17", "top_k": 3, "rerank": False}).json()
+    assert hyb["results"][0]["id"] == "doc-17"  # hybrid by default: the BM25 side finds the rare title word
+    dense = post(server, "/v1/search", {"query": "pkg17", "top_k": 3, "rerank": False, "hybrid": False}).json()
+    fused_scores = [h["retrieval_score"] for h in hyb["results"]]  # RRF values, not cosines
+    assert fused_scores != [h["retrieval_score"] for h in dense["results"]]
 
 
 def test_error_cases(server):
