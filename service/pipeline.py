@@ -76,6 +76,7 @@ class Pipeline:
         if candidates > s.max_candidates:
             raise ApiError(413, f"candidates {candidates} is over the limit of {s.max_candidates}", "too_large")
         rerank = self.reranker is not None if req.rerank is None else req.rerank
+        hybrid = s.hybrid if req.hybrid is None else req.hybrid
         if rerank and self.reranker is None:
             raise ApiError(400, "rerank requested but this server was started without a reranker", "invalid_request")
 
@@ -86,11 +87,12 @@ class Pipeline:
         with self.metrics.timed("search", timings):
             hits: list[Hit] = await run_in_threadpool(
                 self.store.query, collection, q.vectors[0], candidates if rerank else req.top_k, req.filter,
-                hybrid_text=req.query if (s.hybrid if req.hybrid is None else req.hybrid) else None,
+                hybrid_text=req.query if hybrid else None,
             )
         scores: list[float | None] = [None] * len(hits)
         final = [h.score for h in hits]
         rerank_tokens = truncated = 0
+        order = list(range(len(hits)))
         reranked = rerank and bool(hits)
         if reranked:
             with self.metrics.timed("rerank", timings):
@@ -98,8 +100,6 @@ class Pipeline:
                 scored = await self.rerank(req.query, docs, truncate=True)  # stored passages may be long
             scores, rerank_tokens, truncated = scored.scores, scored.tokens, scored.truncated_tokens
             final = final_scores(scores, req.rerank_fusion or s.rerank_fusion)
-        order = list(range(len(hits)))
-        if reranked:
             order.sort(key=lambda i: -final[i])  # stable: ties keep retrieval order
         timings["total"] = round((time.perf_counter() - start) * 1000, 2)
         return SearchResponse(
