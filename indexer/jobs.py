@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from indexer.corpus import count_documents, read_corpus
-from indexer.run import IndexStats, index_corpus
+from indexer.run import IndexStats, collection_info, index_corpus
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _ray(job: IndexJob, s, store, name: str) -> IndexStats:
     from models import encoder_source
 
     count_documents(job.corpus)  # a bad path fails before Ray starts
-    source, preset = encoder_source(s.model, s.model_preset)
+    info = collection_info(*encoder_source(s.model, s.model_preset))
     if not ray.is_initialized():
         ray.init(address=job.ray_address, include_dashboard=False)
     resources = ray.cluster_resources()
@@ -58,7 +58,7 @@ def _ray(job: IndexJob, s, store, name: str) -> IndexStats:
     spec = EncoderSpec(s.model, s.model_preset, s.base, device, dtype,
                        s.batch_tokens(device), s.max_batch_size)
     log.info("ray: %d encoder actors on %s (%s)", actors, device, resources)
-    return index_with_ray(job.corpus, spec, {"model": source, "preset": preset}, store, name,
+    return index_with_ray(job.corpus, spec, info, store, name,
                           actors=actors, chunk_size=job.chunk_size, gpus_per_actor=1.0 if gpus else 0.0)
 
 

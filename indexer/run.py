@@ -45,8 +45,11 @@ def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
         yield chunk
 
 
-def collection_info(encoder) -> dict:
-    return {"model": encoder.model.source, "preset": encoder.preset.name}
+def collection_info(source: str, preset: str) -> dict:
+    """What makes a collection's vectors; the store refuses vectors, and searches, that differ in it."""
+    from models.loading import model_revision
+
+    return {"model": source, "preset": preset, "revision": model_revision(source)}
 
 
 def encode_queries(encoder, texts: list[str], chunk_size: int = 256) -> np.ndarray:
@@ -59,16 +62,12 @@ def encode_queries(encoder, texts: list[str], chunk_size: int = 256) -> np.ndarr
 def derived_collection(prefix: str, dataset: str | Path, encoder, *extra) -> str:
     """A collection name for (dataset, encoder, extra): reused while they are the same, new otherwise.
 
-    The model's files count with their sizes and times (a local folder, a bundled adapter, a GGUF file),
-    so retraining an adapter in place, or a release that ships a new bundled adapter under the same
-    name, gets a fresh collection instead of silently reusing the old vectors.
+    The model counts with its revision (its weights' fingerprint), so retraining an adapter in place,
+    or a release that ships a new bundled adapter under the same name, gets a fresh collection
+    instead of silently reusing the old vectors.
     """
-    from models.loading import source_path
-
-    source = source_path(encoder.model.source)
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                   for f in (source.iterdir() if source.is_dir() else [source]) if f.is_file())
-    key = json.dumps([str(Path(dataset).resolve()), encoder.model.source, encoder.preset.name, files, *extra])
+    info = collection_info(encoder.model.source, encoder.preset.name)
+    key = json.dumps([str(Path(dataset).resolve()), info, *extra])
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(Path(dataset).resolve().parts[-2:]))[-24:].strip("-._")
     return f"{prefix}-{name}-{encoder.preset.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
@@ -83,7 +82,7 @@ def index_corpus(
     total: int | None = None,
     progress: bool = True,
 ) -> IndexStats:
-    store.create_collection(collection, encoder.dim, collection_info(encoder))
+    store.create_collection(collection, encoder.dim, collection_info(encoder.model.source, encoder.preset.name))
     stats = IndexStats()
     start = time.perf_counter()
     bar = tqdm(total=total, unit="doc", desc=f"indexing {collection}", disable=not progress, smoothing=0.1)

@@ -45,7 +45,7 @@ from indexer.qdrant_config import INDEX_TYPES, ServerConfig
 DENSE = "dense"
 SPARSE = "bm25"
 RRF_K = 2  # Qdrant's default RRF constant, spelled out so both backends fuse alike
-IDENTITY_KEYS = ("model", "preset")  # info keys that must match to add vectors to an existing collection
+IDENTITY_KEYS = ("model", "preset", "revision")  # info keys that must match to add vectors to a collection
 POINT_NAMESPACE = uuid.UUID("2776c5d0-7d4e-53f3-8a23-411ef72ceccc")  # never change: ids would change
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FIELD_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
@@ -92,6 +92,7 @@ class StoreMismatch(StoreError):
 class VectorStore(Protocol):
     def create_collection(self, name: str, dim: int, info: dict) -> None: ...
     def collection_info(self, name: str) -> dict: ...
+    def check_info(self, name: str, info: dict) -> None: ...
     def list_collections(self) -> list[str]: ...
     def upsert(self, name: str, docs: Sequence[Document], vectors: np.ndarray) -> None: ...
     def existing_doc_ids(self, name: str, doc_ids: Sequence[str]) -> set[str]: ...
@@ -232,12 +233,19 @@ def _check_compatible(name: str, have_dim: int, have_info: dict, dim: int, info:
             f"collection {name!r} exists with {have_dim}-d vectors, not {dim}-d: "
             "use another collection name or delete the old one"
         )
+    _check_identity(name, have_info, info, "use another collection name or delete the old one")
+
+
+def _check_identity(name: str, have_info: dict, info: dict, remedy: str) -> None:
+    """Keys of IDENTITY_KEYS that both sides know must agree (collections made before a key existed pass)."""
     for key in IDENTITY_KEYS:
         if key in info and key in have_info and info[key] != have_info[key]:
             raise StoreMismatch(
-                f"collection {name!r} was built with {key} {have_info[key]!r}, not {info[key]!r}: "
-                "use another collection name or delete the old one"
+                f"collection {name!r} was built with {key} {have_info[key]!r}, not {info[key]!r}: {remedy}"
             )
+
+
+SEARCH_REMEDY = "re-index it with this model (into a new collection), or serve the model that built it"
 
 
 def _hits(points: Sequence[Any]) -> list[Hit]:
@@ -351,6 +359,12 @@ class EdgeStore:
         with self._lock:
             _, meta = self._shard(name)
             return {"name": name, "dim": meta["dim"], "count": self.count(name), "info": meta["info"]}
+
+    def check_info(self, name: str, info: dict) -> None:
+        """StoreMismatch when `info` (the querying model's identity) differs from the collection's."""
+        with self._lock:
+            _, meta = self._shard(name)
+        _check_identity(name, meta["info"], info, SEARCH_REMEDY)
 
     def list_collections(self) -> list[str]:
         if not self.root.is_dir():
@@ -504,7 +518,7 @@ class ServerStore:
             self._client = QdrantClient(url=url, api_key=api_key, **client_options)
         else:
             self._client = QdrantClient(location=location, **client_options)
-        self._dims: dict[str, int] = {}  # name -> dense dimension, to reject wrong-sized vectors up front
+        self._described: dict[str, tuple[int, dict]] = {}  # name -> (dense dimension, info), read once per name
 
     @contextlib.contextmanager
     def _errors(self, name: str | None = None) -> Iterator[None]:
@@ -539,11 +553,11 @@ class ServerStore:
             raise StoreMismatch(
                 f"collection {name!r} on {self.where} has no {DENSE!r} vector: not made by reprank"
             )
-        self._dims[name] = vectors[DENSE].size
-        return vectors[DENSE].size, dict(config.metadata or {})
+        self._described[name] = vectors[DENSE].size, dict(config.metadata or {})
+        return self._described[name]
 
     def _dim(self, name: str) -> int:
-        return self._dims[name] if name in self._dims else self._describe(name)[0]
+        return (self._described.get(name) or self._describe(name))[0]
 
     def create_collection(self, name: str, dim: int, info: dict) -> None:
         with self._errors(check_name(name)):
@@ -564,7 +578,7 @@ class ServerStore:
             indexes = [("doc_id", "keyword")] + [(f"metadata.{f}", t) for f, t in c.payload_indexes]
             for field_name, kind in indexes:
                 self._client.create_payload_index(name, field_name, INDEX_TYPES[kind], wait=True)
-        self._dims[name] = dim
+        self._described[name] = dim, info
 
     # Aliases: a stable name over versioned collections, moved atomically
 
@@ -582,16 +596,21 @@ class ServerStore:
             create_alias=qm.CreateAlias(collection_name=check_name(collection), alias_name=alias)))
         with self._errors(collection):
             self._client.update_collection_aliases(change_aliases_operations=ops)
-        self._dims.pop(alias, None)
+        self._described.pop(alias, None)
 
     def delete_collection(self, name: str) -> None:
         with self._errors(check_name(name)):
             self._client.delete_collection(name)
-        self._dims.pop(name, None)
+        self._described.pop(name, None)
 
     def collection_info(self, name: str) -> dict:
         dim, info = self._describe(name)
         return {"name": name, "dim": dim, "count": self.count(name), "info": info}
+
+    def check_info(self, name: str, info: dict) -> None:
+        """As EdgeStore.check_info; the collection's info is read once per name, like its dimension."""
+        have = (self._described.get(name) or self._describe(name))[1]
+        _check_identity(name, have, info, SEARCH_REMEDY)
 
     def list_collections(self) -> list[str]:
         with self._errors():

@@ -9,6 +9,7 @@ download where: nothing here reaches the network.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -92,6 +93,30 @@ def source_path(source: str) -> Path:
             raise ModelNotFound(f"{source}: no such bundled adapter in {path.parent}")
         return path
     return Path(source).expanduser()
+
+
+_SAMPLE = 1 << 20  # bytes fingerprinted at each end of a file
+_WEIGHTS = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def model_revision(source: str) -> str:
+    """A short fingerprint of a source's files, stored with the vectors it made.
+
+    A retrained adapter shipped under the same name (a new `bundled:smollm2-retriever`) makes vectors
+    that must not be mixed with, or searched against, the old ones: the name cannot tell them apart.
+    Content, not timestamps or logs, so a release fingerprints alike however it is installed: the
+    weight files, each with its size and its first and last MiB (multi-GB weights cost milliseconds).
+    """
+    path = source_path(source)
+    files = sorted(f for f in path.iterdir() if f.suffix in _WEIGHTS) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(_SAMPLE)
+            fh.seek(max(size - _SAMPLE, len(head)))
+            digest.update(f"{f.name}\0{size}\0".encode() + head + fh.read())
+    return digest.hexdigest()[:12]
 
 
 def resolve(source: str) -> Source:

@@ -59,6 +59,14 @@ class Pipeline:
     async def close(self) -> None:
         await asyncio.gather(*(m.close() for m in (self.encoder, self.reranker) if m is not None))
 
+    def _query(self, collection: str, vector, limit: int, filter: dict | None, hybrid_text: str | None) -> list[Hit]:
+        """The store query, after checking that the collection's vectors come from the query encoder
+        (409 otherwise): a retrained adapter under the same name must not search the old vectors."""
+        card = self.encoder.card()
+        if card.revision:  # a vLLM worker's card names no preset or revision: nothing to compare
+            self.store.check_info(collection, {"preset": card.preset, "revision": card.revision})
+        return self.store.query(collection, vector, limit, filter, hybrid_text=hybrid_text)
+
     async def search(self, req: SearchRequest) -> SearchResponse:
         s = self.settings
         if self.store is None or self.encoder is None:
@@ -86,8 +94,8 @@ class Pipeline:
             q = await self.embed([req.query], "query", req.truncate)
         with self.metrics.timed("search", timings):
             hits: list[Hit] = await run_in_threadpool(
-                self.store.query, collection, q.vectors[0], candidates if rerank else req.top_k, req.filter,
-                hybrid_text=req.query if hybrid else None,
+                self._query, collection, q.vectors[0], candidates if rerank else req.top_k, req.filter,
+                req.query if hybrid else None,
             )
         scores: list[float | None] = [None] * len(hits)
         final = [h.score for h in hits]

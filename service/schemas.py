@@ -141,6 +141,7 @@ class ModelCard(BaseModel):
     task: Literal["embedding", "rerank"]
     preset: str
     source: str
+    revision: str | None = None  # fingerprint of the weights (models.loading.model_revision)
     dimensions: int | None = None
     max_length: int
 

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from models.encoder import Encoded
 from models.errors import QueueFull
+from models.loading import model_revision
 from models.reranker import Scored
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -45,10 +46,12 @@ class LocalModel:
     def __init__(self, runtime, task: Task, model_arg: str, metrics: Metrics):
         self.runtime, self.task, self.model_id, self.metrics = runtime, task, model_arg, metrics
         self.names = served_names(model_arg, runtime.preset.name)
+        self.revision = model_revision(runtime.model.source)
 
     def card(self) -> ModelCard:
         r = self.runtime
         return ModelCard(id=self.model_id, task=self.task, preset=r.preset.name, source=r.model.source,
+                         revision=self.revision,
                          dimensions=getattr(r, "dim", None) if self.task == "embedding" else None,
                          max_length=r.preset.max_length)
 
@@ -172,7 +175,8 @@ class RemoteModel:
             raise ApiError(503, f"the {self.task} workers serve no model", "unavailable")
         c = mine[0]
         self._card = ModelCard(id=c["id"], task=self.task, preset=c.get("preset", "remote"),
-                               source=c.get("source", self.pool.urls[0]), dimensions=c.get("dimensions"),
+                               source=c.get("source", self.pool.urls[0]), revision=c.get("revision"),
+                               dimensions=c.get("dimensions"),
                                max_length=c.get("max_length") or c.get("max_model_len") or 0)
         self.model_id = c["id"]
         self.names = served_names(c["id"], self._card.preset)

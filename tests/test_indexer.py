@@ -20,6 +20,7 @@ from conftest import reprank_cmd
 from indexer.corpus import CorpusError, count_documents, read_corpus
 from indexer.run import index_corpus, passage_text
 from indexer.store import Document, EdgeStore, open_store
+from models.loading import model_revision
 
 BEIR_RECORDS = [
     {"_id": "d1", "title": "First", "text": "the first passage"},
@@ -181,8 +182,9 @@ def test_index_then_rerun_skips_everything(encoder, tmp_path):
         assert (stats.seen, stats.indexed, stats.skipped) == (70, 70, 0)
         assert store.count("c") == 70
         info = store.collection_info("c")
-        assert info["dim"] == encoder.dim == 64 and info["info"] == {"model": str(encoder.model.source),
-                                                                      "preset": "smollm2"}
+        source = str(encoder.model.source)
+        assert info["dim"] == encoder.dim == 64
+        assert info["info"] == {"model": source, "preset": "smollm2", "revision": model_revision(source)}
         query = encoder.encode([passage_text(docs[5])], "passage").vectors[0]
         assert store.query("c", query, limit=1)[0].doc_id == "doc-5"  # the stored vector is that passage's
 

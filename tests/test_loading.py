@@ -4,6 +4,7 @@ clear errors for hub ids and missing paths."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 
 from models import open_encoder, open_reranker
 from models.errors import ModelNotFound
-from models.loading import load, resolve
+from models.loading import load, model_revision, resolve
 
 TEXT = "a yaml parser and emitter for python"
 LORA = {"r": 4, "lora_alpha": 8, "init_lora_weights": False,  # non-zero B, so the adapter changes outputs
@@ -84,3 +85,23 @@ def test_adapter_base_can_be_overridden(tiny_llama, tmp_path):
     with pytest.raises(ModelNotFound, match="Llama-2-7b-hf"):
         load(str(adapter))
     assert load(str(adapter), base=str(tiny_llama)).dim == 64
+
+
+def test_revision_follows_the_weights_not_the_folder_or_its_logs(tmp_path):
+    """Copies fingerprint alike (any machine, any install); retrained weights, even of the same size,
+    do not; logs and records beside the weights do not count; a large file is sampled at both ends."""
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "adapter_config.json").write_text("{}")
+    weights = bytearray(3 * 2**20)
+    (a / "adapter_model.safetensors").write_bytes(weights)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    (b / "train_log.jsonl").write_text('{"step": 1}\n')
+    assert model_revision(str(a)) == model_revision(str(b))
+    weights[-1] = 1  # the last byte of the tail sample
+    (b / "adapter_model.safetensors").write_bytes(weights)
+    assert model_revision(str(a)) != model_revision(str(b))
+    single = tmp_path / "m.gguf"
+    single.write_bytes(b"GGUF" + bytes(10))
+    assert len(model_revision(str(single))) == 12

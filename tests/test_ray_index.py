@@ -17,6 +17,7 @@ from indexer.ray_index import EncoderSpec, index_with_ray
 from indexer.run import collection_info, index_corpus
 from indexer.store import EdgeStore, ServerStore
 from models import encoder_source, open_encoder
+from models.loading import model_revision
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -73,10 +74,11 @@ def test_ray_engine_writes_the_same_points(ray_local, tiny_llama, tmp_path, name
     single, ray_store = ServerStore(location=":memory:"), ServerStore(location=":memory:")
     enc = open_encoder(spec.model, spec.preset)
     index_corpus(read_corpus(corpus), enc, single, "docs", chunk_size=8, progress=False)
-    assert collection_info(enc) == {"model": source, "preset": preset}
+    info = collection_info(source, preset)
+    assert single.collection_info("docs")["info"] == info and info["revision"] == model_revision(source)
     enc.close()
 
-    stats = index_with_ray(corpus, spec, {"model": source, "preset": preset}, ray_store, "docs", chunk_size=8)
+    stats = index_with_ray(corpus, spec, info, ray_store, "docs", chunk_size=8)
     assert stats.indexed == len(RECORDS)
     assert ray_store.collection_info("docs") == single.collection_info("docs")
     a, b = points(single, "docs"), points(ray_store, "docs")

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from conftest import Server, tiny_model_args
 
-from indexer.run import index_corpus
+from indexer.run import collection_info, index_corpus
 from indexer.store import Document, open_store
 from models import open_encoder
+from models.loading import model_revision
 
 SECTIONS = ["python", "admin", "libs"]
 DOCS = [
@@ -26,11 +27,13 @@ DOCS = [
 
 
 def indexed_data(tiny_llama, tmp_path_factory):
-    """A fresh embedded store with DOCS in collection "docs", encoded by the tiny model."""
+    """A fresh embedded store with DOCS in collection "docs", encoded by the tiny model, and an empty
+    "stale" collection as an earlier training of the same model (another revision) would have left."""
     data = tmp_path_factory.mktemp("data")
     store = open_store(data)
     enc = open_encoder(str(tiny_llama), "smollm2")
     index_corpus(DOCS, enc, store, "docs", progress=False)
+    store.create_collection("stale", enc.dim, collection_info(enc.model.source, enc.preset.name) | {"revision": "0123456789ab"})
     enc.close()
     store.close()
     return data
@@ -67,6 +70,7 @@ def test_health_ready_models(server):
     models = httpx.get(server.url + "/v1/models").json()["data"]
     assert [m["task"] for m in models] == ["embedding", "rerank"]
     assert models[0]["dimensions"] == 64
+    assert models[0]["revision"] == model_revision(models[0]["source"]) != "0123456789ab"
 
 
 def test_embeddings_shapes_and_formats(server):
@@ -157,6 +161,8 @@ def test_error_cases(server):
     assert_error(post(server, "/v1/embeddings", {"input": []}), 400)
     assert_error(post(server, "/v1/embeddings", {"input": ["ok", ""]}), 400)
     assert_error(post(server, "/v1/search", {"query": "q", "collection": "nope"}), 404)
+    stale = assert_error(post(server, "/v1/search", {"query": "q", "collection": "stale"}), 409)
+    assert "revision '0123456789ab'" in stale["message"] and "re-index" in stale["message"]
     assert_error(post(server, "/v1/embeddings", {"input": "x", "model": "text-embedding-3-small"}), 404)
     assert_error(post(server, "/v1/rerank", {"query": "q", "documents": ["d"] * 51}), 413)
     assert_error(post(server, "/v1/embeddings", {"input": ["x"] * 17}), 413)

@@ -81,6 +81,24 @@ def test_create_is_idempotent_and_rejects_other_dim_or_model(store):
         store.create_collection("docs", DIM, {"model": "m2"})
 
 
+def test_a_retrained_model_under_the_same_name_is_refused(store):
+    """The revision (a fingerprint of the weights) tells a retrained adapter from the one that built a
+    collection: it may neither add vectors nor search; a collection from before revisions passes."""
+    built = {"model": "bundled:enc", "preset": "p", "revision": "aaa"}
+    store.create_collection("docs", DIM, built)
+    store.check_info("docs", {"preset": "p", "revision": "aaa"})
+    with pytest.raises(StoreMismatch, match="revision 'aaa', not 'bbb': re-index"):
+        store.check_info("docs", {"preset": "p", "revision": "bbb"})
+    with pytest.raises(StoreMismatch, match="preset 'p', not 'q'"):
+        store.check_info("docs", {"preset": "q", "revision": "aaa"})
+    with pytest.raises(StoreMismatch, match="revision"):
+        store.create_collection("docs", DIM, built | {"revision": "bbb"})
+    store.create_collection("old", DIM, {"model": "bundled:enc", "preset": "p"})
+    store.check_info("old", {"preset": "p", "revision": "bbb"})
+    with pytest.raises(CollectionNotFound):
+        store.check_info("missing", {"preset": "p"})
+
+
 def test_upsert_count_and_idempotent_reupsert(filled):
     assert filled.count("docs") == 12
     filled.upsert("docs", make_docs(), make_vectors(seed=1))
