@@ -17,6 +17,7 @@ import ir_measures
 import numpy as np
 
 from indexer.corpus import read_qrels
+from indexer.evaluate import judged
 
 
 def read_run(path: str | Path) -> list[ir_measures.ScoredDoc]:
@@ -29,8 +30,7 @@ def read_run(path: str | Path) -> list[ir_measures.ScoredDoc]:
 
 
 def per_query(measure, qrels: dict[str, dict[str, int]], run: list) -> dict[str, float]:
-    judged = [ir_measures.Qrel(q, d, g) for q, rel in qrels.items() for d, g in rel.items()]
-    return {m.query_id: m.value for m in ir_measures.iter_calc([measure], judged, run)}
+    return {m.query_id: m.value for m in ir_measures.iter_calc([measure], judged(qrels), run)}
 
 
 def randomization_p(diffs: np.ndarray, trials: int = 100_000, seed: int = 0) -> float:

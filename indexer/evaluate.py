@@ -104,12 +104,16 @@ def _rerank_scores(reranker, query: str, lists: list[list[Hit]]) -> dict[str, fl
     return dict(zip(docs, reranker.score(query, texts, truncate=True).scores, strict=True))
 
 
+def judged(qrels: dict[str, dict[str, int]]) -> list[ir_measures.Qrel]:
+    """qrels as ir-measures reads them."""
+    return [ir_measures.Qrel(q, d, g) for q, rel in qrels.items() for d, g in rel.items()]
+
+
 def score_run(run: Run, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """nDCG@10, MRR@10, Recall@100 averaged over every query of qrels, by ir-measures."""
-    judged = [ir_measures.Qrel(q, d, g) for q, rel in qrels.items() for d, g in rel.items()]
     ranked = [ir_measures.ScoredDoc(q, d, float(len(docs) - i))  # rank-derived scores: the order is the run
               for q in qrels for docs in [run.get(q) or [_NOTHING]] for i, d in enumerate(docs)]
-    agg = ir_measures.calc_aggregate(list(MEASURES.values()), judged, ranked)
+    agg = ir_measures.calc_aggregate(list(MEASURES.values()), judged(qrels), ranked)
     return {name: float(agg[m]) for name, m in MEASURES.items()}
 
 

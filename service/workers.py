@@ -46,14 +46,14 @@ class LocalModel:
     def __init__(self, runtime, task: Task, model_arg: str, metrics: Metrics):
         self.runtime, self.task, self.model_id, self.metrics = runtime, task, model_arg, metrics
         self.names = served_names(model_arg, runtime.preset.name)
-        self.revision = model_revision(runtime.model.source)
+        self._card = ModelCard(  # fixed for the process's life; search reads it on every request
+            id=model_arg, task=task, preset=runtime.preset.name, source=runtime.model.source,
+            revision=model_revision(runtime.model.source),
+            dimensions=getattr(runtime, "dim", None) if task == "embedding" else None,
+            max_length=runtime.preset.max_length)
 
     def card(self) -> ModelCard:
-        r = self.runtime
-        return ModelCard(id=self.model_id, task=self.task, preset=r.preset.name, source=r.model.source,
-                         revision=self.revision,
-                         dimensions=getattr(r, "dim", None) if self.task == "embedding" else None,
-                         max_length=r.preset.max_length)
+        return self._card
 
     async def _join(self, *args):
         try:
