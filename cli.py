@@ -224,7 +224,8 @@ def cmd_train(args) -> int:
     from models.train.mine import mine, mine_bm25
 
     if args.method == "bm25":
-        mine_bm25(args.dataset, args.output, limit_queries=args.limit_train_queries, depth=args.depth, seed=args.seed)
+        mine_bm25(args.dataset, args.output, limit_queries=args.limit_train_queries, depth=args.depth, seed=args.seed,
+                  exclude=args.exclude_queries)
         return 0
     s = settings_from(args)
     store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
@@ -233,7 +234,7 @@ def cmd_train(args) -> int:
         encoder = open_encoder(s.model, s.model_preset, **s.model_kwargs())
         mine(args.dataset, encoder, store, args.output, limit_queries=args.limit_train_queries,
              corpus_limit=args.corpus_limit, depth=args.depth, method=args.method, seed=args.seed,
-             collection=args.collection, progress=not args.no_progress)
+             collection=args.collection, progress=not args.no_progress, exclude=args.exclude_queries)
     finally:
         if encoder is not None:
             encoder.close()

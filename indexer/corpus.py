@@ -113,7 +113,12 @@ def read_queries(dataset: str | Path, ids: set[str] | None = None) -> dict[str, 
 
 def read_qrels(dataset: str | Path, split: str) -> dict[str, dict[str, int]]:
     """BEIR `qrels/{split}.tsv` (header line, then `query-id corpus-id score`) -> {qid: {doc id: grade}}."""
-    path = Path(dataset) / "qrels" / f"{split}.tsv"
+    return read_qrels_file(Path(dataset) / "qrels" / f"{split}.tsv")
+
+
+def read_qrels_file(path: str | Path) -> dict[str, dict[str, int]]:
+    """One BEIR qrels TSV, wherever it lies (e.g. a held-out set's, to keep its queries out of training)."""
+    path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such qrels file")
     qrels: dict[str, dict[str, int]] = {}

@@ -251,3 +251,28 @@ def test_lora_on_the_top_layers_only_still_learns(dataset, tiny_llama, tmp_path)
     assert layers == {top}
     assert main(["train", "retriever", "--dataset", str(dataset), "--output-dir", str(tmp_path / "bad"),
                  "--base", str(tiny_llama), "--lora-layers", "99"]) == 2  # a clear error, not a traceback
+
+
+def test_excluded_queries_are_never_mined_or_trained_on(dataset, tmp_path):
+    held_out = tmp_path / "heldout.tsv"
+    held_out.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq5\td5\t1\n")
+    out = tmp_path / "bm25.jsonl"
+    assert main(["train", "mine", "--dataset", str(dataset), "--output", str(out), "--method", "bm25",
+                 "--depth", "3", "--exclude-queries", str(held_out)]) == 0
+    mined = [json.loads(line)["query_id"] for line in out.read_text().splitlines()]
+    assert mined == ["q0", "q2", "q3", "q4", "q6", "q7"]
+    assert train_data.load_train(dataset, None, 0, held_out).query_ids == mined
+    assert set(train_data.load_train(dataset, 6, 0, held_out).query_ids) == set(mined)  # a sample draws from the rest
+
+
+def test_frozen_added_tokens_keep_the_init_rows_while_the_lora_learns(llara_adapter, dataset, tmp_path):
+    out = tmp_path / "frozen"
+    train("retriever", dataset, out, None, "--init", str(llara_adapter[0]), "--freeze-added-tokens",
+          "--max-steps", "2", "--batch-size", "4", "--group-size", "2")
+    with safe_open(llara_adapter[0] / "adapter_model.safetensors", "pt") as a, \
+            safe_open(out / "adapter_model.safetensors", "pt") as b:
+        rows = [k for k in a.keys() if "trainable_tokens" in k]
+        assert rows and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in rows)
+        lora = [k for k in a.keys() if "lora_B" in k]
+        assert any(not torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in lora)
+    assert json.loads((out / "train_args.json").read_text())["args"]["freeze_added_tokens"] is True

@@ -34,6 +34,8 @@ def _shared(p: argparse.ArgumentParser, *, lr: float, batch_size: int, passage_m
     p.add_argument("--query-max-length", type=int, default=32, help="tokens, template included")
     p.add_argument("--passage-max-length", type=int, default=passage_max_length, help="tokens, template included")
     p.add_argument("--limit-train-queries", type=int, help="a seeded sample of the train queries (CPU runs)")
+    p.add_argument("--exclude-queries", metavar="QRELS", help="a qrels TSV whose queries are never trained on, e.g. "
+                   "a held-out set from benchmarks/make_heldout.py (mine with the same flag)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (weights stay fp32)")
@@ -62,6 +64,9 @@ def add_parsers(sub, common_flags) -> None:
     r.add_argument("--hard-negatives", help="JSONL from `reprank train mine`")
     r.add_argument("--group-size", type=int, default=4, help="1 positive + N-1 negatives per query")
     r.add_argument("--temperature", type=float, default=0.01)
+    r.add_argument("--freeze-added-tokens", action="store_true",
+                   help="keep the --init adapter's added token rows fixed: they sit at the input, so the backward "
+                   "pass then stops at the lowest LoRA layer (with --lora-layers, far faster on CPU)")
 
     r = recipes.add_parser("reranker", help=RECIPES["reranker"])
     _shared(r, lr=1e-4, batch_size=2, passage_max_length=160)
@@ -75,6 +80,7 @@ def add_parsers(sub, common_flags) -> None:
     r.add_argument("--dataset", required=True)
     r.add_argument("--output", required=True, help="JSONL file of {query_id, negatives}")
     r.add_argument("--limit-train-queries", type=int, help="same seeded sample as the training run")
+    r.add_argument("--exclude-queries", metavar="QRELS", help="same as the training run's")
     r.add_argument("--corpus-limit", type=int, help="index the positives plus random train documents up to this")
     r.add_argument("--depth", type=int, default=30, help="negatives kept per query")
     r.add_argument("--method", choices=("dense", "hybrid", "bm25"), default="dense")

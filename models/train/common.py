@@ -98,6 +98,10 @@ def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str
     if init_src is not None:
         model = PeftModel.from_pretrained(model, str(init_src.path), is_trainable=True)
         log.info("continuing adapter %s (its LoRA rank %s)", init, model.peft_config["default"].r)
+        if getattr(args, "freeze_added_tokens", False):
+            for name, param in model.named_parameters():
+                if "trainable_tokens" in name:
+                    param.requires_grad_(False)
     else:
         model = get_peft_model(model, LoraConfig(
             task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM",  # SEQ_CLS also saves the score head

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.corpus import read_corpus, read_qrels, read_queries
+from indexer.corpus import read_corpus, read_qrels, read_qrels_file, read_queries
 from indexer.store import Document
 
 TRAIN = "train"
@@ -36,17 +36,23 @@ class TrainSet:
         return list(self.corpus)
 
 
-def select_queries(qrels: dict[str, dict[str, int]], limit: int | None, seed: int) -> list[str]:
-    """The train queries a run uses: all, or a seeded sample of `limit` (mining and training agree)."""
-    ids = sorted(q for q, rel in qrels.items() if any(g > 0 for g in rel.values()))
+def select_queries(qrels: dict[str, dict[str, int]], limit: int | None, seed: int,
+                   exclude: frozenset[str] = frozenset()) -> list[str]:
+    """The train queries a run uses: all, or a seeded sample of `limit` (mining and training agree),
+    never one of `exclude` (a held-out set drawn from train)."""
+    ids = sorted(q for q, rel in qrels.items() if q not in exclude and any(g > 0 for g in rel.values()))
     if limit is not None and limit < len(ids):
         ids = sorted(random.Random(seed).sample(ids, limit))
     return ids
 
 
-def load_train(dataset: str | Path, limit_queries: int | None = None, seed: int = 0) -> TrainSet:
+def load_train(dataset: str | Path, limit_queries: int | None = None, seed: int = 0,
+               exclude: str | Path | None = None) -> TrainSet:
+    """The selected train queries, their positives and the train side of the corpus; `exclude` is a
+    qrels file whose queries are left out (--exclude-queries)."""
     qrels = read_qrels(dataset, TRAIN)
-    chosen = select_queries(qrels, limit_queries, seed)
+    held_out = frozenset(read_qrels_file(exclude)) if exclude else frozenset()
+    chosen = select_queries(qrels, limit_queries, seed, held_out)
     queries = read_queries(dataset, set(chosen))
     missing = [q for q in chosen if q not in queries]
     if missing:

@@ -146,7 +146,7 @@ def run(args) -> int:
     common.setup(args)
     preset = encoder_preset(args.preset)
     t = common.load_trainable(args, "lm", preset.special_tokens)
-    train = load_train(args.dataset, args.limit_train_queries, args.seed)
+    train = load_train(args.dataset, args.limit_train_queries, args.seed, args.exclude_queries)
     wanted = {d for q in train.query_ids for d in train.positives[q]}  # the corpus side of these queries
     data = examples([train.corpus[d] for d in sorted(wanted)])
     with_next = sum(e.next is not None for e in data)

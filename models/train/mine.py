@@ -27,10 +27,10 @@ log = logging.getLogger("reprank.train")
 
 def mine(dataset: str | Path, encoder, store: VectorStore, output: str | Path, *, limit_queries: int | None = None,
          corpus_limit: int | None = None, depth: int = 30, method: str = "dense", seed: int = 0,
-         collection: str | None = None, progress: bool = True) -> dict[str, list[str]]:
+         collection: str | None = None, progress: bool = True, exclude: str | None = None) -> dict[str, list[str]]:
     if method not in ("dense", "hybrid"):  # bm25 needs no index: mine_bm25
         raise ValueError(f"mine: method {method!r} is not dense or hybrid")
-    train = load_train(dataset, limit_queries, seed)
+    train = load_train(dataset, limit_queries, seed, exclude)
     qids = train.query_ids
     pool = [train.corpus[d] for d in _pool(train, corpus_limit, seed)]
     collection = collection or derived_collection("mine", dataset, encoder, [d.doc_id for d in pool])
@@ -50,9 +50,9 @@ def mine(dataset: str | Path, encoder, store: VectorStore, output: str | Path, *
 
 
 def mine_bm25(dataset: str | Path, output: str | Path, *, limit_queries: int | None = None, depth: int = 30,
-              seed: int = 0) -> dict[str, list[str]]:
+              seed: int = 0, exclude: str | None = None) -> dict[str, list[str]]:
     """BM25 negatives straight from bm25s over every train-side document: no encoder, no index (seconds)."""
-    train = load_train(dataset, limit_queries, seed)
+    train = load_train(dataset, limit_queries, seed, exclude)
     ids = train.doc_ids
     ranked = _bm25_ranking(train, depth + max(len(p) for p in train.positives.values()))
     negatives = {q: [ids[i] for i in row if ids[i] not in train.positives[q]][:depth]

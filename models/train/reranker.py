@@ -36,7 +36,7 @@ def run(args) -> int:
     t = common.load_trainable(args, "lm" if likelihood else "score")
     # PEFT's trainable copy of a score head; the LM head stays frozen (LoRA adapts the states it reads)
     head = t.model.get_output_embeddings() if likelihood else t.model.get_base_model().score
-    train = load_train(args.dataset, args.limit_train_queries, args.seed)
+    train = load_train(args.dataset, args.limit_train_queries, args.seed, args.exclude_queries)
     negatives = read_negatives(args.hard_negatives) if args.hard_negatives else None
     pairs = TemplateRenderer(t.tokenizer, preset.template, args.query_max_length + args.passage_max_length)
     qids = train.query_ids

@@ -49,7 +49,7 @@ def run(args) -> int:
     common.setup(args)
     preset = encoder_preset(preset_name(args))
     t = common.load_trainable(args, "lm", preset.special_tokens)
-    train = load_train(args.dataset, args.limit_train_queries, args.seed)
+    train = load_train(args.dataset, args.limit_train_queries, args.seed, args.exclude_queries)
     negatives = read_negatives(args.hard_negatives) if args.hard_negatives else None
     if negatives is not None:
         covered = sum(q in negatives for q in train.query_ids)
