@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-from indexer.corpus import read_corpus, read_qrels, read_queries
+from indexer.corpus import read_corpus, read_qrels, read_qrels_file, read_queries
 from models.train.data import select_queries
 
 
@@ -28,10 +28,13 @@ def main() -> None:
     p.add_argument("--trained-queries", type=int, default=4000, help="the recipes' --limit-train-queries")
     p.add_argument("--trained-seed", type=int, default=42, help="the recipes' --seed")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--exclude-queries", nargs="*", default=[], metavar="QRELS",
+                   help="qrels files of further queries to leave out (another run's, an earlier held-out set)")
     a = p.parse_args()
 
     train, dev = read_qrels(a.dataset, "train"), read_qrels(a.dataset, "dev")
     trained = set(select_queries(train, a.trained_queries, a.trained_seed))
+    trained |= {q for path in a.exclude_queries for q in read_qrels_file(path)}
     rng = random.Random(a.seed)
     qids = sorted(rng.sample(sorted(set(select_queries(train, None, 0)) - trained), a.queries))
     qrels = {q: {d: g for d, g in train[q].items() if g > 0} for q in qids}
