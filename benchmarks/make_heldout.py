@@ -36,7 +36,7 @@ def main() -> None:
     trained = set(select_queries(train, a.trained_queries, a.trained_seed))
     trained |= {q for path in a.exclude_queries for q in read_qrels_file(path)}
     rng = random.Random(a.seed)
-    qids = sorted(rng.sample(sorted(set(select_queries(train, None, 0)) - trained), a.queries))
+    qids = sorted(rng.sample(select_queries(train, None, 0, frozenset(trained)), a.queries))
     qrels = {q: {d: g for d, g in train[q].items() if g > 0} for q in qids}
     dev_docs = {d for rel in dev.values() for d in rel}
     train_docs = sorted({d for rel in train.values() for d in rel} - dev_docs)
