@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.corpus import read_corpus
-from indexer.run import passage_text
+from indexer.corpus import passage_text, read_corpus
 from models import open_encoder
 from models.loading import resolve
 from service.settings import Settings

@@ -95,14 +95,14 @@ def naive_last(model, seqs: list[list[int]], batch: int, device) -> None:
             hidden[torch.arange(len(chunk)), mask.sum(1) - 1].float().cpu()
 
 
-def runtimes(model, head, device, dim: int, batch_tokens: int):
+def runtimes(model, head, device, dim: int, batch_tokens: int, tokenizer: str):
     """reprank's Encoder and Reranker around the in-memory model (no 13 GB round trip through disk)."""
     from models.encoder import Encoder
     from models.loading import LoadedModel, load_tokenizer, resolve
     from models.presets import encoder_preset, reranker_preset
     from models.reranker import Reranker
 
-    tok = load_tokenizer(resolve("bundled:smollm2"))  # only for the templates' BOS/EOS ids
+    tok = load_tokenizer(resolve(tokenizer))  # only for the templates' BOS/EOS ids
     kw = dict(max_batch_tokens=batch_tokens, max_batch_size=512, max_queue_tokens=10_000_000, packed=True)
     enc = Encoder(LoadedModel(tok, model, None, dim, device, "random-7b"), encoder_preset("repllama"), **kw)
     rr = Reranker(LoadedModel(tok, model, head, dim, device, "random-7b"), reranker_preset("rankllama"), **kw)
@@ -118,6 +118,25 @@ def p50(fn, device, reps: int) -> float:
     return statistics.median(timed(fn, device) for _ in range(reps)) * 1000
 
 
+class Sections:
+    """Each measurement runs on its own: one that fails records its error and the rest still run, and the
+    figures so far are rewritten to --output after each, so a run cut short still returns them."""
+
+    def __init__(self, res: dict, output: Path | None):
+        self.res, self.output = res, output
+
+    def run(self, name: str, fn) -> None:
+        began = time.perf_counter()
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - recorded in the results, the other sections still run
+            self.res.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:500]
+        print(f"[{name}] {time.perf_counter() - began:.1f} s", flush=True)
+        if self.output:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            self.output.write_text(json.dumps(self.res, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="small model on CPU: a check of the script")
@@ -126,6 +145,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--load-seconds", type=float, default=20.0)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--tokenizer", default="bundled:smollm2", help="any tokenizer source (only BOS/EOS are used)")
+    ap.add_argument("--output", type=Path, help="default benchmarks/results/gpu-DATE.json (none with --tiny)")
     args = ap.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         print("gpu_bench: no CUDA device here; nothing measured (try --tiny to check the script on CPU)")
@@ -141,14 +162,17 @@ def main() -> None:
     def seqs_of(lens):
         return [rng.integers(3, vocab, n).tolist() for n in lens]
 
+    today = date.today().isoformat()
+    output = args.output or (None if args.tiny else ROOT / f"benchmarks/results/gpu-{today}.json")
     peak = matmul_peak(device, dtype, 512 if args.tiny else 8192)
     model, head, params = build(shape, device, dtype)
     passages = seqs_of(lengths(args.passages, 80, rng))
     real = sum(map(len, passages))
-    res: dict = {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device)
+    res: dict = {"date": today, "device": torch.cuda.get_device_name(device)
                  if device.type == "cuda" else "cpu (--tiny check)", "shape": "tiny" if args.tiny else "llama-2-7b",
-                 "dtype": str(dtype).removeprefix("torch."), "matmul_peak_tflops": round(peak / 1e12, 1),
-                 "passages": len(passages), "passage_tokens": real}
+                 "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
+                 "matmul_peak_tflops": round(peak / 1e12, 1), "passages": len(passages), "passage_tokens": real}
+    sections = Sections(res, output)
 
     def mfu(tok_s: float) -> float:
         return round(2 * params * tok_s / peak, 3)
@@ -158,55 +182,71 @@ def main() -> None:
     cands = seqs_of(lengths(100, 91, rng))
     res["rerank100_tokens"] = sum(map(len, cands))
 
+    def naive_indexing():
+        naive_last(model, passages[:64], 32, device)  # warm-up
+        for name, order in (("naive_arrival", passages), ("naive_sorted", by_len)):
+            s = timed(lambda o=order: naive_last(model, o, 32, device), device)
+            res[f"{name}_tokens_per_s"], res[f"{name}_mfu"] = round(real / s), mfu(real / s)
+
+    def naive_latency():
+        res["naive_query_p50_ms"] = round(p50(lambda: naive_last(model, query, 1, device), device, args.reps), 2)
+        res["naive_rerank100_padded_p50_ms"] = round(p50(lambda: naive_last(model, cands, 100, device), device,
+                                                         args.reps), 1)
+        res["naive_rerank100_sorted25_p50_ms"] = round(
+            p50(lambda: naive_last(model, sorted(cands, key=len), 25, device), device, args.reps), 1)
+
     # naive HF first: reprank's runtimes switch the shared model to packed attention
-    naive_last(model, passages[:64], 32, device)  # warm-up
-    for name, order in (("naive_arrival", passages), ("naive_sorted", by_len)):
-        s = timed(lambda o=order: naive_last(model, o, 32, device), device)
-        res[f"{name}_tokens_per_s"], res[f"{name}_mfu"] = round(real / s), mfu(real / s)
-    res["naive_query_p50_ms"] = round(p50(lambda: naive_last(model, query, 1, device), device, args.reps), 2)
-    res["naive_rerank100_padded_p50_ms"] = round(p50(lambda: naive_last(model, cands, 100, device), device,
-                                                     args.reps), 1)
-    res["naive_rerank100_sorted25_p50_ms"] = round(p50(lambda: naive_last(model, sorted(cands, key=len), 25, device),
-                                                       device, args.reps), 1)
+    sections.run("naive_indexing", naive_indexing)
+    sections.run("naive_latency", naive_latency)
+    enc, rr = runtimes(model, head, device, shape["hidden_size"], args.batch_tokens, args.tokenizer)
 
-    enc, rr = runtimes(model, head, device, shape["hidden_size"], args.batch_tokens)
-    run_batcher(enc, passages[:256])  # warm-up
-    s = timed(lambda: run_batcher(enc, passages), device)
-    res["encode_tokens_per_s"], res["encode_mfu"] = round(real / s), mfu(real / s)
-    res["query_p50_ms"] = round(p50(lambda: run_batcher(enc, query), device, args.reps), 2)
-    res["rerank100_p50_ms"] = round(p50(lambda: run_batcher(rr, cands), device, args.reps), 1)
+    def encode():
+        run_batcher(enc, passages[:256])  # warm-up
+        s = timed(lambda: run_batcher(enc, passages), device)
+        res["encode_tokens_per_s"], res["encode_mfu"] = round(real / s), mfu(real / s)
 
-    done = [0]
-    stop = time.perf_counter() + args.load_seconds
-    lock = threading.Lock()
+    def query_latency():
+        res["query_p50_ms"] = round(p50(lambda: run_batcher(enc, query), device, args.reps), 2)
 
-    def client():
-        while time.perf_counter() < stop:
-            run_batcher(rr, cands)
-            with lock:
-                done[0] += res["rerank100_tokens"]
+    def rerank_latency():
+        res["rerank100_p50_ms"] = round(p50(lambda: run_batcher(rr, cands), device, args.reps), 1)
 
-    threads = [threading.Thread(target=client) for _ in range(args.clients)]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    load_tok_s = done[0] / (time.perf_counter() - t)
-    res["concurrent_clients"] = args.clients
-    res["concurrent_rerank_tokens_per_s"] = round(load_tok_s)
-    res["concurrent_vs_offline"] = round(load_tok_s / res["encode_tokens_per_s"], 3)
+    def concurrent():
+        done = [0]
+        stop = time.perf_counter() + args.load_seconds
+        lock = threading.Lock()
+
+        def client():
+            while time.perf_counter() < stop:
+                run_batcher(rr, cands)
+                with lock:
+                    done[0] += res["rerank100_tokens"]
+
+        threads = [threading.Thread(target=client) for _ in range(args.clients)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        load_tok_s = done[0] / (time.perf_counter() - t)
+        res["concurrent_clients"] = args.clients
+        res["concurrent_rerank_tokens_per_s"] = round(load_tok_s)
+        res["concurrent_vs_offline"] = round(load_tok_s / res["encode_tokens_per_s"], 3)
+
+    sections.run("encode", encode)
+    sections.run("query_latency", query_latency)
+    sections.run("rerank_latency", rerank_latency)
+    sections.run("concurrent", concurrent)
     enc.close()
     rr.close()
 
     print(json.dumps(res, indent=1))
-    if not args.tiny:
-        out = ROOT / f"benchmarks/results/gpu-{res['date']}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=1) + "\n")
+    if output and not args.tiny:
         with open(ROOT / "benchmarks/RESULTS.md", "a", encoding="utf-8") as f:
             f.write(f"\n### GPU bench, {res['date']}, {res['device']}\n\n"
                     + "\n".join(f"- {k}: {v}" for k, v in res.items() if k not in ("date", "device")) + "\n")
+    if res.get("errors"):
+        raise SystemExit(f"gpu_bench: {len(res['errors'])} section(s) failed: {', '.join(res['errors'])}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,24 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.store import Document
+
+@dataclass
+class Document:
+    """One corpus record. Here rather than in indexer.store so that training and benchmarks read corpora
+    without importing the Qdrant clients."""
+
+    doc_id: str
+    text: str
+    title: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+def passage_text(doc: Document) -> str:
+    """RepLLaMA/Tevatron join: title and text with one space, stripped."""
+    return f"{doc.title} {doc.text}".strip()
 
 
 class CorpusError(ValueError):

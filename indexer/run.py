@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from indexer.store import Document, VectorStore
+from indexer.corpus import Document, passage_text
+from indexer.store import VectorStore
 
 
 @dataclass
@@ -32,11 +33,6 @@ class IndexStats:
     @property
     def docs_per_s(self) -> float:
         return self.indexed / self.seconds if self.seconds else 0.0
-
-
-def passage_text(doc: Document) -> str:
-    """RepLLaMA/Tevatron join: title and text with one space, stripped."""
-    return f"{doc.title} {doc.text}".strip()
 
 
 def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:

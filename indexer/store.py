@@ -29,7 +29,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -40,6 +40,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from indexer.corpus import Document
 from indexer.qdrant_config import INDEX_TYPES, ServerConfig
 
 DENSE = "dense"
@@ -52,14 +53,6 @@ _FIELD_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 _RANGE_KEYS = {"gt", "gte", "lt", "lte"}
 _SERVER_BATCH = 128  # points per request: a 4096-d vector is ~80 KB of JSON, the REST limit is 32 MB
 _ID_BATCH = 1024
-
-
-@dataclass
-class Document:
-    doc_id: str
-    text: str
-    title: str = ""
-    metadata: dict = field(default_factory=dict)
 
 
 @dataclass

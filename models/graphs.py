@@ -69,7 +69,8 @@ class GraphedBackbone:
                 run()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the reranker's worker may launch kernels on the same GPU while this captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = run()
         self._graphs[tokens] = (graph, inputs, out)
         return self._graphs[tokens]

@@ -13,6 +13,7 @@ switched to it with `set_attn_implementation(ATTENTION)` keeps its own code for 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +56,13 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     if q.is_cuda:
         from torch.nn.attention.varlen import varlen_attn
 
+        extra = {}
+        if gqa and "enable_gqa" in inspect.signature(varlen_attn).parameters:
+            extra["enable_gqa"] = True
+        elif gqa:  # torch 2.11's kernel has no GQA flag: give every query head its own copy of k and v
+            k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
         out = varlen_attn(q, k, v, packed_cu_seqlens, packed_cu_seqlens, packed_max_length, packed_max_length,
-                          scale=scaling, window_size=(-1, 0), enable_gqa=gqa)
+                          scale=scaling, window_size=(-1, 0), **extra)
     else:
         out = torch.empty_like(q)
         bounds = packed_cu_seqlens.tolist()

@@ -253,6 +253,20 @@ def test_lora_on_the_top_layers_only_still_learns(dataset, tiny_llama, tmp_path)
                  "--base", str(tiny_llama), "--lora-layers", "99"]) == 2  # a clear error, not a traceback
 
 
+def test_bf16_autocast_still_learns_and_exports_the_usual_adapter(dataset, tiny_llama, tmp_path):
+    out = tmp_path / "bf16"
+    losses = train("retriever", dataset, out, tiny_llama, "--max-steps", "8", "--bf16",
+                   *fixed_groups(dataset, tmp_path), "--temperature", "0.05")
+    assert decreases(losses), losses
+    assert lora_b_is_trained(out)
+    assert json.loads((out / "train_args.json").read_text())["args"]["bf16"] is True
+    enc = open_encoder(str(out))
+    try:
+        assert np.isfinite(enc.encode(TEXTS, "passage").vectors).all()
+    finally:
+        enc.close()
+
+
 def test_excluded_queries_are_never_mined_or_trained_on(dataset, tmp_path):
     held_out = tmp_path / "heldout.tsv"
     held_out.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq5\td5\t1\n")

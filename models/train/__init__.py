@@ -39,6 +39,8 @@ def _shared(p: argparse.ArgumentParser, *, lr: float, batch_size: int, passage_m
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (weights stay fp32)")
+    p.add_argument("--bf16", action="store_true", help="run forward and backward under bf16 autocast (GPU): "
+                   "several times faster matmuls; weights, optimizer and the exported adapter stay fp32/fp16")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass: much less memory, about 30%% slower")
     p.add_argument("--save-every", type=int, default=25, help="steps between checkpoints")

@@ -3,7 +3,7 @@
 - seeded (python, numpy, torch) and thread-limited; each batch is a function of (seed, micro-step);
 - LoRA on the 7 projections, plus the embedding rows of tokens a preset adds (PEFT trainable
   tokens: only those rows are stored, not the 49k-row matrix);
-- AdamW, linear warmup then decay, gradient accumulation, gradient clipping;
+- AdamW, linear warmup then decay, gradient accumulation, gradient clipping, optional bf16 autocast;
 - `checkpoint-STEP/` every --save-every steps with the adapter (fp32), optimizer, scheduler, step and
   RNG states, so --resume continues exactly where the run stopped;
 - the output folder: fp16 adapter weights (a few MB), adapter_config.json naming the base *as given*
@@ -154,7 +154,8 @@ def fit(t: Trainable, loss_fn: Callable[[int], torch.Tensor], args) -> list[floa
             began = time.perf_counter()
             total = 0.0
             for micro in range(args.grad_accum):
-                loss = loss_fn(step * args.grad_accum + micro) / args.grad_accum
+                with torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.bf16):
+                    loss = loss_fn(step * args.grad_accum + micro) / args.grad_accum
                 loss.backward()
                 total += loss.item()
             norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)

@@ -15,8 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.corpus import read_corpus, read_qrels, read_qrels_file, read_queries
-from indexer.store import Document
+from indexer.corpus import Document, read_corpus, read_qrels, read_qrels_file, read_queries
 
 TRAIN = "train"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indexer.run import passage_text
+from indexer.corpus import passage_text
 from models.presets import reranker_preset
 from models.reranker import Pair, query_logprob
 from models.runtime import gather_last, pad_right

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from indexer.run import passage_text
+from indexer.corpus import passage_text
 from models.presets import encoder_preset
 from models.runtime import pad_right, pool
 from models.templates import TemplateRenderer
@@ -34,7 +34,7 @@ def embed(t: common.Trainable, seqs: list[list[int]], pool_last: int) -> torch.T
     """L2-normalised mean of the last `pool_last` states (0: all), as models.encoder does (with gradients)."""
     ids, mask, lengths = pad_right(seqs, t.pad_id, next(t.model.parameters()).device)
     hidden = t.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-    return F.normalize(pool(hidden, lengths, pool_last), p=2, dim=-1)
+    return F.normalize(pool(hidden, lengths, pool_last).float(), p=2, dim=-1)
 
 
 def preset_name(args) -> str:
@@ -64,7 +64,8 @@ def run(args) -> int:
         docs = [d for q in batch for d in sample_group(train, q, args.group_size, negatives, rng)]
         q = embed(t, [queries.render({"text": train.queries[q]}, True).ids for q in batch], preset.pool_last)
         p = embed(t, [passages.render({"text": passage_text(d)}, True).ids for d in docs], preset.pool_last)
-        scores = q @ p.T / args.temperature
+        with torch.autocast(q.device.type, enabled=False):  # at T=0.02 bf16 would round scores by ~0.2
+            scores = q @ p.T / args.temperature
         return F.cross_entropy(scores, torch.arange(len(batch), device=scores.device) * args.group_size)
 
     losses = common.fit(t, loss_fn, args)
