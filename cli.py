@@ -212,6 +212,11 @@ def cmd_eval(args) -> int:
 def cmd_train(args) -> int:
     import importlib
 
+    if args.recipe == "export":
+        from models.train.common import export_checkpoint
+
+        export_checkpoint(args)
+        return 0
     if args.threads:
         import torch
 

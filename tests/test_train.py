@@ -267,6 +267,24 @@ def test_bf16_autocast_still_learns_and_exports_the_usual_adapter(dataset, tiny_
         enc.close()
 
 
+def test_a_checkpoint_exports_as_the_finished_run_would(llara_adapter, dataset, tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    train("retriever", dataset, out, None, "--init", str(llara_adapter[0]), "--max-steps", "2",
+          "--save-every", "2", "--batch-size", "4", "--group-size", "2")
+    exported = tmp_path / "exported"
+    assert main(["train", "export", str(out / "checkpoint-2"), "--output-dir", str(exported),
+                 "--preset", "smollm2-llara", "--base", str(tiny_llama)]) == 0
+    for name in ("reprank.json", "adapter_config.json"):
+        assert json.loads((exported / name).read_text()) == json.loads((out / name).read_text())
+    with safe_open(out / "adapter_model.safetensors", "pt") as a, \
+            safe_open(exported / "adapter_model.safetensors", "pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+    assert len((exported / "train_log.jsonl").read_text().splitlines()) == 2
+    assert json.loads((exported / "train_args.json").read_text())["step"] == 2
+    assert main(["train", "export", str(out), "--output-dir", str(tmp_path / "bad"), "--preset", "smollm2-llara"]) == 2
+
+
 def test_excluded_queries_are_never_mined_or_trained_on(dataset, tmp_path):
     held_out = tmp_path / "heldout.tsv"
     held_out.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq5\td5\t1\n")

@@ -77,6 +77,13 @@ def add_parsers(sub, common_flags) -> None:
     r.add_argument("--hard-negatives", help="JSONL from `reprank train mine` with the trained retriever")
     r.add_argument("--group-size", type=int, default=8, help="1 positive + N-1 negatives per query")
 
+    r = recipes.add_parser("export", help="write a run's checkpoint-STEP/ folder as a servable adapter "
+                           "(a run stopped before its last step)")
+    r.add_argument("checkpoint", help="the checkpoint-STEP folder")
+    r.add_argument("--output-dir", required=True)
+    r.add_argument("--preset", required=True, help="the run's preset (smollm2-llara, smollm2-rankllama, ...)")
+    r.add_argument("--base", default="bundled:smollm2", help="written into adapter_config.json as given")
+
     r = recipes.add_parser("mine", help="hard negatives: train queries against the train side of the corpus, "
                            "through the project's own index (positives dropped)")
     r.add_argument("--dataset", required=True)

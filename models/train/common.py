@@ -221,17 +221,11 @@ def _restore(ckpt: Path, model, opt, sched) -> int:
 
 def export(t: Trainable, args, preset: str, losses: list[float]) -> Path:
     """Write the servable adapter folder (see the module docstring) into --output-dir."""
-    from safetensors.torch import load_file, save_file
 
     out = Path(args.output_dir)
     t.model.peft_config["default"].base_model_name_or_path = args.base  # as given, e.g. "bundled:smollm2"
     t.model.save_pretrained(out, save_embedding_layers=False)
-    weights = out / "adapter_model.safetensors"
-    half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
-    save_file(half, weights, metadata={"format": "pt"})
-    (out / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
-    meta = {"preset": preset, **({"added_tokens": t.added_tokens} if t.added_tokens else {})}
-    (out / "reprank.json").write_text(json.dumps(meta, indent=1) + "\n")
+    weights = _servable(out, preset, t.added_tokens)
     record = {
         "command": "reprank " + shlex.join(getattr(args, "argv", [])),
         "seed": args.seed,
@@ -248,6 +242,57 @@ def export(t: Trainable, args, preset: str, losses: list[float]) -> Path:
     }
     (out / "train_args.json").write_text(json.dumps(record, indent=1) + "\n")
     log.info("adapter written to %s (%.1f MB)", out, weights.stat().st_size / 1e6)
+    return out
+
+
+def _servable(out: Path, preset: str, added: dict[str, int]) -> Path:
+    """Finish an adapter folder as open_encoder / open_reranker load it: fp16 weights, reprank.json."""
+    from safetensors.torch import load_file, save_file
+
+    weights = out / "adapter_model.safetensors"
+    half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    save_file(half, weights, metadata={"format": "pt"})
+    (out / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
+    meta = {"preset": preset, **({"added_tokens": added} if added else {})}
+    (out / "reprank.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return weights
+
+
+def export_checkpoint(args) -> Path:
+    """`train export`: a run's checkpoint-STEP/ as a servable adapter folder, for a run stopped before its
+    last step (a GPU lease that ran out). Added tokens are the preset's, given the ids the base would give
+    them; train_log.jsonl keeps the run's steps up to STEP; train_args.json names the checkpoint."""
+    from models.presets import encoder_preset, reranker_preset
+
+    ckpt, out = Path(args.checkpoint), Path(args.output_dir)
+    if not (m := _CKPT.match(ckpt.name)) or not (ckpt / "adapter_model.safetensors").exists():
+        raise ValueError(f"{ckpt}: not a checkpoint-STEP folder with adapter_model.safetensors")
+    step = int(m.group(1))
+    cfg = json.loads((ckpt / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = args.base
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    shutil.copyfile(ckpt / "adapter_model.safetensors", out / "adapter_model.safetensors")
+    try:
+        tokens = encoder_preset(args.preset).special_tokens
+    except KeyError:
+        reranker_preset(args.preset)  # a reranker preset adds no tokens; an unknown name raises here
+        tokens = ()
+    added = {}
+    if tokens:
+        tokenizer = load_tokenizer(resolve(args.base))
+        rows = len(tokenizer)
+        added = {t: i for t, i in add_tokens(tokenizer, list(tokens)).items() if i >= rows}
+    weights = _servable(out, args.preset, added)
+    run_log = ckpt.parent / "train_log.jsonl"
+    if run_log.exists():
+        kept = [line for line in run_log.read_text().splitlines() if json.loads(line)["step"] <= step]
+        (out / "train_log.jsonl").write_text("".join(line + "\n" for line in kept))
+    record = {"command": "reprank " + shlex.join(getattr(args, "argv", [])), "checkpoint": str(ckpt),
+              "step": step, "preset": args.preset, "base": args.base, "adapter_bytes": weights.stat().st_size,
+              "git_commit": _git_commit()}
+    (out / "train_args.json").write_text(json.dumps(record, indent=1) + "\n")
+    log.info("checkpoint %s (step %d) exported to %s", ckpt, step, out)
     return out
 
 
