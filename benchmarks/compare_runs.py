@@ -54,9 +54,11 @@ def main() -> None:
     args = p.parse_args()
     measure = ir_measures.parse_measure(args.measure)
     qrels = read_qrels(args.dataset, args.split)
-    a = per_query(measure, qrels, read_run(args.before))
-    b = per_query(measure, qrels, read_run(args.after))
-    queries = sorted(a.keys() & b.keys())
+    before, after = read_run(args.before), read_run(args.after)
+    a, b = per_query(measure, qrels, before), per_query(measure, qrels, after)
+    # ir-measures scores a judged query that a run lacks as 0: keep only queries both runs answered
+    answered = {d.query_id for d in before} & {d.query_id for d in after}
+    queries = sorted(a.keys() & b.keys() & answered)
     x, y = np.array([a[q] for q in queries]), np.array([b[q] for q in queries])
     d = y - x
     print(f"{len(queries)} queries, {measure}: {x.mean():.4f} -> {y.mean():.4f} ({d.mean():+.4f}); "
