@@ -93,7 +93,7 @@ def write_report(folder: Path) -> Path:
 
 def _setup(meta: dict) -> str:
     env = ", ".join(f"`{k}={v}`" for k, v in meta["server_env"].items()) or "none"
-    return (f"Server: {meta['url']} with the default models (bundled SmolLM2-135M encoder with its trained adapter and query-likelihood reranker, "
+    return (f"Server: {meta['url']} with the default models (bundled SmolLM2-135M encoder and reranker with their trained adapters, "
             f"fp32 on CPU) over the embedded Qdrant Edge store holding the first {meta['docs']} documents of "
             f"samples/debian-1k; env overrides: {env}. Requests: searches take top 5 of {meta['candidates']} "
             f"candidates, reranks score {meta['candidates']} documents, embeddings send 4 passages. Machine: "

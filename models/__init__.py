@@ -46,7 +46,7 @@ def open_encoder(model: str = "smollm2-retriever", preset: str | None = None, *,
     return Encoder(loaded, p, **batching)
 
 
-def open_reranker(model: str = "smollm2-reranker", preset: str | None = None, *, base=None, device="cpu",
+def open_reranker(model: str = "smollm2-rankllama-trained", preset: str | None = None, *, base=None, device="cpu",
                   dtype=None, **batching):
     """A Reranker for a preset name or a local checkpoint/adapter path."""
     import torch

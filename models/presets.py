@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 BUNDLED_SMOLLM2 = "bundled:smollm2"
-BUNDLED_RETRIEVER = "bundled:smollm2-retriever"  # the LoRA adapter shipped in models/adapters/
+BUNDLED_RETRIEVER = "bundled:smollm2-retriever"  # the LoRA adapters shipped in models/adapters/
+BUNDLED_RANKLLAMA = "bundled:smollm2-rankllama"
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,14 @@ ENCODERS: dict[str, EncoderPreset] = {
     ]
 }
 
+_SMOLLM2_RANKLLAMA = RerankerPreset(
+    name="smollm2-rankllama",
+    description="RankLLaMA's pair encoding for the bundled SmolLM2, trained by `reprank train "
+    "reranker`: 'query: q document: d' (no BOS, no EOS), raw logit of the score head",
+    template=("query: {query}", " document: {document}"),
+    head="score",
+)
+
 RERANKERS: dict[str, RerankerPreset] = {
     p.name: p
     for p in [
@@ -176,12 +185,13 @@ RERANKERS: dict[str, RerankerPreset] = {
             activation="sigmoid",
             default_model=BUNDLED_SMOLLM2,
         ),
-        RerankerPreset(
-            name="smollm2-rankllama",
-            description="RankLLaMA's pair encoding for the bundled SmolLM2, trained by `reprank train "
-            "reranker`: 'query: q document: d' (no BOS, no EOS), raw logit of the score head",
-            template=("query: {query}", " document: {document}"),
-            head="score",
+        _SMOLLM2_RANKLLAMA,
+        replace(
+            _SMOLLM2_RANKLLAMA,
+            name="smollm2-rankllama-trained",
+            description="the default: bundled SmolLM2 with the project's RankLLaMA-style adapter (score head + "
+            "LoRA, models/adapters/smollm2-rankllama, rebuilt by models/train/RECIPES.md), smollm2-rankllama's conventions",
+            default_model=BUNDLED_RANKLLAMA,
         ),
     ]
 }

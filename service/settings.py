@@ -21,7 +21,7 @@ class Settings(BaseSettings):
 
     model: str = "smollm2-retriever"  # encoder: a preset name or a local checkpoint/adapter path
     model_preset: str | None = None
-    reranker: str = "smollm2-reranker"  # "none" serves without a reranker
+    reranker: str = "smollm2-rankllama-trained"  # "none" serves without a reranker
     reranker_preset: str | None = None
     base: str | None = None  # base model for adapters whose config names none we can find
     device: str = "auto"  # auto = cuda when available, else cpu

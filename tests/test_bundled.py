@@ -25,21 +25,33 @@ def test_bundled_encoder(encoder):
     assert np.allclose(out.vectors, again, atol=1e-5)  # batch order does not matter
 
 
-def test_the_default_reranker_is_query_likelihood_and_it_ranks():
-    """The bundled default reranks zero-shot by log P(query | document); the old yes/no prompt failed this
-    kind of check on the Debian set (RESULTS.md)."""
+PASSAGES = ["PyYAML is a YAML parser and emitter for the Python programming language.",
+            "cdrecord writes data and audio to CD-R, CD-RW and DVD media from the command line.",
+            "FLAC stands for Free Lossless Audio Codec; this package holds the shared library."]
+QUERIES = ["YAML parser for Python", "burn CDs and DVDs from the command line", "lossless audio codec library"]
+
+
+def test_the_default_reranker_is_the_shipped_score_head_adapter_and_it_ranks():
     from service.settings import Settings
 
-    assert Settings().reranker == "smollm2-reranker"
+    assert Settings().reranker == "smollm2-rankllama-trained"
     rr = open_reranker()
     try:
+        assert rr.preset.head == "score" and rr.model.source == "bundled:smollm2-rankllama"
+        for right, query in enumerate(QUERIES):
+            assert int(np.argmax(rr.score(query, PASSAGES).scores)) == right, query
+    finally:
+        rr.close()
+
+
+def test_the_zero_shot_query_likelihood_reranker_still_ranks():
+    """The untrained alternative scores log P(query | document); the old yes/no prompt failed this kind of
+    check on the Debian set (RESULTS.md)."""
+    rr = open_reranker("smollm2-reranker")
+    try:
         assert rr.preset.head == "query_likelihood"
-        passages = ["PyYAML is a YAML parser and emitter for the Python programming language.",
-                    "cdrecord writes data and audio to CD-R, CD-RW and DVD media from the command line.",
-                    "FLAC stands for Free Lossless Audio Codec; this package holds the shared library."]
-        for right, query in enumerate(["YAML parser for Python", "burn CDs and DVDs from the command line",
-                                       "lossless audio codec library"]):
-            scores = rr.score(query, passages).scores
+        for right, query in enumerate(QUERIES):
+            scores = rr.score(query, PASSAGES).scores
             assert all(0 < s < 1 for s in scores)  # exp of mean log-probabilities
             assert int(np.argmax(scores)) == right, (query, scores)
     finally:
