@@ -308,3 +308,5 @@ def test_frozen_added_tokens_keep_the_init_rows_while_the_lora_learns(llara_adap
         lora = [k for k in a.keys() if "lora_B" in k]
         assert any(not torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in lora)
     assert json.loads((out / "train_args.json").read_text())["args"]["freeze_added_tokens"] is True
+    assert main(["train", "retriever", "--dataset", str(dataset), "--output-dir", str(tmp_path / "no-init"),
+                 "--freeze-added-tokens"]) == 2  # nothing to keep fixed: a clear error, not a silent no-op

@@ -70,6 +70,9 @@ def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     init = getattr(args, "init", None)
+    if getattr(args, "freeze_added_tokens", False) and not init:
+        raise ValueError("--freeze-added-tokens keeps an --init adapter's token rows fixed: without --init the "
+                         "rows are fresh random draws and must train")
     init_src = resolve(init) if init else None
     if init_src is not None and init_src.kind != "peft":
         raise ValueError(f"--init {init}: not an adapter folder (adapter_config.json)")
