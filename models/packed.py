@@ -13,6 +13,7 @@ switched to it with `set_attn_implementation(ATTENTION)` keeps its own code for 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -54,12 +55,11 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
     gqa = q.shape[1] != k.shape[1]
     if q.is_cuda:
-        from torch.nn.attention.varlen import varlen_attn
-
+        varlen_attn, native_gqa = _varlen()
         extra = {}
-        if gqa and "enable_gqa" in inspect.signature(varlen_attn).parameters:
+        if gqa and native_gqa:
             extra["enable_gqa"] = True
-        elif gqa:  # torch 2.11's kernel has no GQA flag: give every query head its own copy of k and v
+        elif gqa:  # an older torch without the GQA flag: give every query head its own copy of k and v
             k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
         out = varlen_attn(q, k, v, packed_cu_seqlens, packed_cu_seqlens, packed_max_length, packed_max_length,
                           scale=scaling, window_size=(-1, 0), **extra)
@@ -73,6 +73,14 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
             out[start:end] = F.scaled_dot_product_attention(
                 qs, ks, vs, is_causal=True, scale=scaling, enable_gqa=gqa).transpose(0, 1)
     return out[None], None
+
+
+@functools.cache
+def _varlen():
+    """torch's varlen FlashAttention and whether it takes enable_gqa (looked up once, not per layer)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn, "enable_gqa" in inspect.signature(varlen_attn).parameters
 
 
 def _no_mask(*args, **kwargs):
