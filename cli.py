@@ -21,8 +21,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qdrant-api-key", help="API key of that Qdrant server")
     g.add_argument("--model", help="encoder: a preset (smollm2, repllama, llara) or a local model/adapter path")
     g.add_argument("--model-preset", help="the encoder preset of a --model path")
-    g.add_argument("--reranker", help="reranker: a preset (smollm2-rankllama-trained, smollm2-reranker, rankllama, qwen3-reranker), "
-                   "a local path, or 'none'")
+    g.add_argument("--reranker", help="reranker: a preset (smollm2-rankllama-trained, smollm2-reranker, rankllama, "
+                   "qwen3-reranker), a local path, or 'none'")
     g.add_argument("--reranker-preset", help="the reranker preset of a --reranker path")
     g.add_argument("--base", help="base model (local path or .gguf) for adapters")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")

@@ -89,9 +89,7 @@ def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32, **kwargs)
     else:  # encoders train as causal LMs: LLaRA needs the LM head, and the retriever continues LLaRA's adapter
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
-    rows = model.get_input_embeddings().weight.shape[0]
-    ids = add_tokens(tokenizer, list(special_tokens)) if special_tokens else {}
-    added = {t: i for t, i in ids.items() if i >= rows}
+    added = _new_tokens(tokenizer, special_tokens, model.get_input_embeddings().weight.shape[0])
     if added:
         model.resize_token_embeddings(len(tokenizer))  # new rows drawn from the seeded RNG
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -118,6 +116,16 @@ def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("base %s, %d trainable parameters, %d added tokens", args.base, n, len(added))
     return Trainable(model, tokenizer, pad_id, added)
+
+
+def _new_tokens(tokenizer, tokens: tuple[str, ...], rows: int) -> dict[str, int]:
+    """The preset's tokens the base vocabulary (`rows` embedding rows) lacks, added to the tokenizer, with their ids."""
+    return {t: i for t, i in add_tokens(tokenizer, list(tokens)).items() if i >= rows} if tokens else {}
+
+
+def _log_until(path: Path, step: int) -> str:
+    """A run's train_log.jsonl up to and including `step` (what a checkpoint at that step had seen)."""
+    return "".join(line + "\n" for line in path.read_text().splitlines() if json.loads(line)["step"] <= step)
 
 
 def _top_layers(model, n: int | None) -> list[int] | None:
@@ -148,8 +156,7 @@ def fit(t: Trainable, loss_fn: Callable[[int], torch.Tensor], args) -> list[floa
     if start:
         log.info("resumed from %s at step %d", ckpts[-1].name, start)
         if log_path.exists():  # drop the steps the killed run logged after its last checkpoint
-            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start]
-            log_path.write_text("".join(line + "\n" for line in kept))
+            log_path.write_text(_log_until(log_path, start))
     losses = []
     t.model.train()
     with open(log_path, "a", encoding="utf-8") as logf:
@@ -265,32 +272,28 @@ def export_checkpoint(args) -> Path:
     """`train export`: a run's checkpoint-STEP/ as a servable adapter folder, for a run stopped before its
     last step (a GPU lease that ran out). Added tokens are the preset's, given the ids the base would give
     them; train_log.jsonl keeps the run's steps up to STEP; train_args.json names the checkpoint."""
-    from models.presets import encoder_preset, reranker_preset
+    from models.presets import ENCODERS, RERANKERS
 
     ckpt, out = Path(args.checkpoint), Path(args.output_dir)
     if not (m := _CKPT.match(ckpt.name)) or not (ckpt / "adapter_model.safetensors").exists():
         raise ValueError(f"{ckpt}: not a checkpoint-STEP folder with adapter_model.safetensors")
     step = int(m.group(1))
+    if args.preset not in ENCODERS and args.preset not in RERANKERS:
+        raise ValueError(f"unknown preset {args.preset!r}; known: {', '.join([*ENCODERS, *RERANKERS])}")
     cfg = json.loads((ckpt / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = args.base
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     shutil.copyfile(ckpt / "adapter_model.safetensors", out / "adapter_model.safetensors")
-    try:
-        tokens = encoder_preset(args.preset).special_tokens
-    except KeyError:
-        reranker_preset(args.preset)  # a reranker preset adds no tokens; an unknown name raises here
-        tokens = ()
+    tokens = ENCODERS[args.preset].special_tokens if args.preset in ENCODERS else ()  # rerankers add none
     added = {}
     if tokens:
         tokenizer = load_tokenizer(resolve(args.base))
-        rows = len(tokenizer)
-        added = {t: i for t, i in add_tokens(tokenizer, list(tokens)).items() if i >= rows}
+        added = _new_tokens(tokenizer, tokens, len(tokenizer))
     weights = _servable(out, args.preset, added)
     run_log = ckpt.parent / "train_log.jsonl"
     if run_log.exists():
-        kept = [line for line in run_log.read_text().splitlines() if json.loads(line)["step"] <= step]
-        (out / "train_log.jsonl").write_text("".join(line + "\n" for line in kept))
+        (out / "train_log.jsonl").write_text(_log_until(run_log, step))
     record = {"command": "reprank " + shlex.join(getattr(args, "argv", [])), "checkpoint": str(ckpt),
               "step": step, "preset": args.preset, "base": args.base, "adapter_bytes": weights.stat().st_size,
               "git_commit": _git_commit()}
