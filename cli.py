@@ -1,4 +1,5 @@
-"""`reprank index | serve | search | eval | train`: every model/store flag maps onto service.settings.Settings (env REPRANK_*)."""
+"""`reprank index | serve | search | eval | train`: the top layer. Flags of settings come from the fields of
+service.settings.Settings (help, env REPRANK_*, default), and every command opens its store by store.open_store."""
 
 from __future__ import annotations
 
@@ -8,25 +9,47 @@ import json
 import logging
 import sys
 import textwrap
+import types
+import typing
 
-SETTINGS_FLAGS = ("data_dir", "qdrant_url", "qdrant_api_key", "model", "model_preset", "reranker",
-                  "reranker_preset", "base", "device", "dtype", "collection", "host", "port",
-                  "role", "encoder_urls", "reranker_urls", "worker_timeout_s")
+STORE = ("data_dir", "qdrant_url", "qdrant_api_key")
+MODELS = ("model", "model_preset", "reranker", "reranker_preset", "base", "device", "dtype",
+          "max_batch_tokens", "max_batch_size")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("models and store (defaults from env REPRANK_*)")
-    g.add_argument("--data-dir", help="folder of the embedded Qdrant Edge store (env REPRANK_DATA_DIR, default ./data)")
-    g.add_argument("--qdrant-url", help="use a Qdrant server at this URL instead of the embedded store")
-    g.add_argument("--qdrant-api-key", help="API key of that Qdrant server")
-    g.add_argument("--model", help="encoder: a preset (smollm2, repllama, llara) or a local model/adapter path")
-    g.add_argument("--model-preset", help="the encoder preset of a --model path")
-    g.add_argument("--reranker", help="reranker: a preset (smollm2-rankllama-trained, smollm2-reranker, rankllama, "
-                   "qwen3-reranker), a local path, or 'none'")
-    g.add_argument("--reranker-preset", help="the reranker preset of a --reranker path")
-    g.add_argument("--base", help="base model (local path or .gguf) for adapters")
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--dtype", help="auto, float32, bfloat16, float16")
+def _settings_flags(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
+                    title: str = "models and store") -> None:
+    """One flag per Settings field (all of them when `names` is None), its help, env var and default
+    read from the field itself; a flag left out keeps the env's or the default value."""
+    from service.settings import Settings
+
+    g = p.add_argument_group(f"{title} (each also set by env REPRANK_<NAME>)")
+    for name in names or tuple(Settings.model_fields):
+        f = Settings.model_fields[name]
+        flag = (f.json_schema_extra or {}).get("flag", "--" + name.replace("_", "-"))
+        if flag is None:  # a secret: from the environment only, never on a command line others can read
+            continue
+        default = "unset" if f.default in (None, []) else f.default
+        kw: dict = {"dest": name, "help": f"{f.description} (env REPRANK_{name.upper()}, default {default})"}
+        if typing.get_origin(f.annotation) is list:
+            kw["help"] += "; repeat, or comma-separate"
+        kw |= _parse_as(f.annotation)
+        g.add_argument(flag, **kw)
+
+
+def _parse_as(annotation) -> dict:
+    """argparse's reading of a field: `int | None` as int, a Literal as choices, a list appended."""
+    kind = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation) \
+        if isinstance(annotation, types.UnionType) else annotation
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(kind) is typing.Literal:
+        return {"choices": typing.get_args(kind)}
+    if typing.get_origin(kind) is list:
+        return {"action": "append"}
+    return {"type": kind} if kind in (int, float) else {}
+
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,23 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-place", action="store_true", help="Qdrant server: upsert into the collection (or its "
                    "alias target) instead of building COLLECTION-v<n> and moving the alias COLLECTION to it")
     p.add_argument("--keep-versions", type=int, default=1, help="Qdrant server: old versions kept for rollback")
-    _common(p)
+    _settings_flags(p, STORE + MODELS)
 
-    p = sub.add_parser("serve", help="serve the REST API with uvicorn")
-    p.add_argument("--collection", help="searched when a request names none (default: 'default')")
-    p.add_argument("--host", help="default 127.0.0.1")
-    p.add_argument("--port", type=int, help="default 8000")
-    g = p.add_argument_group("gateway and workers (README: Scale-out)")
-    g.add_argument("--role", choices=["all", "gateway", "worker"],
-                   help="all (default): models and search here; worker: serve this process's models "
-                   "(--model none or --reranker none for one of them); gateway: search, calling workers")
-    g.add_argument("--encoder-url", dest="encoder_urls", action="append",
-                   help="gateway: an encoder worker replica (repeat, or comma-separate; env REPRANK_ENCODER_URLS)")
-    g.add_argument("--reranker-url", dest="reranker_urls", action="append",
-                   help="gateway: a reranker worker replica (repeat or comma-separate); none = no reranking")
-    g.add_argument("--worker-timeout", dest="worker_timeout_s", type=float,
-                   help="gateway: seconds per attempt before trying the next replica (default 30)")
-    _common(p)
+    p = sub.add_parser("serve", help="serve the REST API with uvicorn (every setting is a flag here; "
+                       "gateway and workers: README Scale-out)")
+    _settings_flags(p, title="settings")
 
     p = sub.add_parser("search", help="search a collection and print a table")
     p.add_argument("query")
@@ -73,13 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--candidates", type=int)
     p.add_argument("--no-rerank", action="store_true")
-    p.add_argument("--hybrid", action=argparse.BooleanOptionalAction,
-                   help="fuse dense and BM25 (RRF) before reranking (default: the server's setting, on)")
     p.add_argument("--rerank-fusion", choices=("rrf", "none"), help="order by RRF of retrieval and rerank "
                    "ranks, or by the rerank score alone (default: the server's setting)")
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"section": "python"}\'')
     p.add_argument("--url", help="ask a running server (e.g. http://127.0.0.1:8000) instead of loading models here")
-    _common(p)
+    _settings_flags(p, STORE + MODELS + ("hybrid",))
 
     p = sub.add_parser("eval", help="nDCG@10, MRR@10, Recall@100 of bm25, dense, hybrid (+ rerank) on a BEIR dataset")
     p.add_argument("--dataset", required=True, help="BEIR folder: corpus.jsonl[.gz], queries.jsonl[.gz], qrels/")
@@ -93,18 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=100, help="retrieved per query (Recall@100 needs 100)")
     p.add_argument("--rerank-depth", type=int, default=20, help="top candidates the reranker rescores")
     p.add_argument("--no-progress", action="store_true")
-    _common(p)
+    _settings_flags(p, STORE + MODELS)
 
-    from models.train import add_parsers
+    from training import add_parsers
 
-    add_parsers(sub, _common)
+    add_parsers(sub, lambda p: _settings_flags(p, STORE + MODELS))
     return parser
 
 
 def settings_from(args: argparse.Namespace):
     from service.settings import Settings
 
-    given = {k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in Settings.model_fields if getattr(args, k, None) is not None}
     return Settings(**given)
 
 
@@ -166,43 +175,39 @@ async def _search_here(args, body: dict) -> dict:
     from service.app import load_pipeline
     from service.metrics import Metrics
     from service.schemas import SearchRequest
+    from store import open_store
 
     s = settings_from(args)
     if args.no_rerank:
         s.reranker = "none"
     s.warmup = False
-    store = s.open_store()
-    pipeline = await load_pipeline(s, store, Metrics())
-    try:
-        return (await pipeline.search(SearchRequest(**body))).model_dump()
-    finally:
-        await pipeline.close()
-        store.close()
+    with open_store(s.store_config()) as store:
+        pipeline = await load_pipeline(s, store, Metrics())
+        try:
+            return (await pipeline.search(SearchRequest(**body))).model_dump()
+        finally:
+            await pipeline.aclose()
 
 
 def cmd_eval(args) -> int:
-    from indexer.evaluate import PIPELINES, evaluate, format_table, write_outputs
-    from indexer.store import open_store
+    from contextlib import ExitStack
+
     from models import open_encoder, open_reranker
+    from search.evaluate import PIPELINES, evaluate, format_table, write_outputs
+    from store import open_store
 
     s = settings_from(args)
     kw = s.model_kwargs()
     pipelines = tuple(args.pipelines or PIPELINES)
     rerank = s.reranker != "none" and any("+rerank" in p for p in pipelines)
-    store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
-    encoder = reranker = None
-    try:
-        encoder = open_encoder(s.model, s.model_preset, **kw)
-        reranker = open_reranker(s.reranker, s.reranker_preset, **kw) if rerank else None
+    with ExitStack() as opened:
+        store = opened.enter_context(open_store(s.store_config()))
+        encoder = opened.enter_context(open_encoder(s.model, s.model_preset, **kw))
+        reranker = opened.enter_context(open_reranker(s.reranker, s.reranker_preset, **kw)) if rerank else None
         metrics, runs, info = evaluate(
             args.dataset, args.split, encoder, reranker, store, collection=args.collection,
             pipelines=pipelines, max_queries=args.max_queries, candidates=args.candidates,
             rerank_depth=args.rerank_depth, progress=not args.no_progress)
-    finally:
-        for model in (encoder, reranker):
-            if model is not None:
-                model.close()
-        store.close()
     print(format_table(metrics, info))
     if args.output:
         print("wrote " + ", ".join(str(p) for p in write_outputs(args.output, metrics, runs)))
@@ -213,7 +218,7 @@ def cmd_train(args) -> int:
     import importlib
 
     if args.recipe == "export":
-        from models.train.common import export_checkpoint
+        from training.common import export_checkpoint
 
         export_checkpoint(args)
         return 0
@@ -222,28 +227,21 @@ def cmd_train(args) -> int:
 
         torch.set_num_threads(args.threads)
     if args.recipe != "mine":
-        return importlib.import_module(f"models.train.{args.recipe}").run(args)
+        return importlib.import_module(f"training.{args.recipe}").run(args)
 
-    from indexer.store import open_store
     from models import open_encoder
-    from models.train.mine import mine, mine_bm25
+    from store import open_store
+    from training.mine import mine, mine_bm25
 
     if args.method == "bm25":
         mine_bm25(args.dataset, args.output, limit_queries=args.limit_train_queries, depth=args.depth, seed=args.seed,
                   exclude=args.exclude_queries)
         return 0
     s = settings_from(args)
-    store = open_store(s.data_dir, s.qdrant_url, s.qdrant_api_key)
-    encoder = None
-    try:
-        encoder = open_encoder(s.model, s.model_preset, **s.model_kwargs())
+    with open_store(s.store_config()) as store, open_encoder(s.model, s.model_preset, **s.model_kwargs()) as encoder:
         mine(args.dataset, encoder, store, args.output, limit_queries=args.limit_train_queries,
              corpus_limit=args.corpus_limit, depth=args.depth, method=args.method, seed=args.seed,
              collection=args.collection, progress=not args.no_progress, exclude=args.exclude_queries)
-    finally:
-        if encoder is not None:
-            encoder.close()
-        store.close()
     return 0
 
 
@@ -264,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from indexer.corpus import CorpusError
-    from indexer.store import StoreError
     from models.errors import InputTooLong, ModelNotFound
     from service.errors import ApiError
+    from store import StoreError
 
     try:
         commands = {"index": cmd_index, "serve": cmd_serve, "search": cmd_search, "eval": cmd_eval, "train": cmd_train}

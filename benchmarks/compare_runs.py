@@ -17,7 +17,7 @@ import ir_measures
 import numpy as np
 
 from indexer.corpus import read_qrels
-from indexer.evaluate import judged
+from search.evaluate import judged
 
 
 def read_run(path: str | Path) -> list[ir_measures.ScoredDoc]:

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.corpus import passage_text, read_corpus
+from indexer.corpus import read_corpus
 from models import open_encoder
 from models.loading import resolve
 from service.settings import Settings
+from store import passage_text
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from indexer.corpus import read_corpus, read_qrels, read_qrels_file, read_queries
-from models.train.data import select_queries
+from training.data import select_queries
 
 
 def main() -> None:

@@ -11,24 +11,9 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-
-@dataclass
-class Document:
-    """One corpus record. Here rather than in indexer.store so that training and benchmarks read corpora
-    without importing the Qdrant clients."""
-
-    doc_id: str
-    text: str
-    title: str = ""
-    metadata: dict = field(default_factory=dict)
-
-
-def passage_text(doc: Document) -> str:
-    """RepLLaMA/Tevatron join: title and text with one space, stripped."""
-    return f"{doc.title} {doc.text}".strip()
+from store.documents import Document
 
 
 class CorpusError(ValueError):

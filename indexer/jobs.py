@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from indexer.corpus import count_documents, read_corpus
 from indexer.run import IndexStats, collection_info, index_corpus
+from store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,9 @@ def _local(job: IndexJob, s, store, name: str) -> IndexStats:
     from models import open_encoder
 
     total = count_documents(job.corpus)
-    encoder = open_encoder(s.model, s.model_preset, **s.model_kwargs())
-    try:
+    with open_encoder(s.model, s.model_preset, **s.model_kwargs()) as encoder:
         return index_corpus(read_corpus(job.corpus), encoder, store, name, chunk_size=job.chunk_size,
                             total=total, progress=job.progress)
-    finally:
-        encoder.close()
 
 
 def _ray(job: IndexJob, s, store, name: str) -> IndexStats:
@@ -66,10 +64,9 @@ def run_index(job: IndexJob, settings) -> str:
     """Index the corpus; returns the summary line the CLI prints."""
     from indexer.reindex import reindex
 
-    store = settings.open_store()
     engine = _ray if job.engine == "ray" else _local
     stats: list[IndexStats] = []
-    try:
+    with open_store(settings.store_config()) as store:
         if settings.qdrant_url and not job.in_place:
             def build(name: str) -> None:
                 stats.append(engine(job, settings, store, name))
@@ -81,8 +78,6 @@ def run_index(job: IndexJob, settings) -> str:
             stats.append(engine(job, settings, store, job.collection))
             where = job.collection
         count = store.count(job.collection)
-    finally:
-        store.close()
     st = stats[0]
     return (f"{where}: {st.indexed} documents encoded ({st.docs_per_s:.1f} docs/s), {st.skipped} already "
             f"present, {count} in the collection; {st.truncated_tokens} tokens truncated")

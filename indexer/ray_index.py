@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from indexer.corpus import corpus_file, to_document
-from indexer.run import IndexStats, passage_text
-from indexer.store import Document, VectorStore
+from indexer.run import IndexStats
+from store import Document, VectorStore, passage_text
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from indexer.store import ServerStore, StoreError, StoreMismatch, check_name
+from store import StoreError, StoreMismatch
+from store.layout import check_name
+from store.server import ServerStore
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from indexer.corpus import Document, passage_text
-from indexer.store import VectorStore
+from store import VectorStore
+from store.documents import Document, passage_text
 
 
 @dataclass

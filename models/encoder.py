@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from models.batching import gather
+from models.interfaces import Encoded, Side
 from models.presets import EncoderPreset
 from models.runtime import ModelRuntime
 from models.templates import TemplateRenderer
-
-Side = Literal["query", "passage"]
-
-
-@dataclass
-class Encoded:
-    vectors: np.ndarray  # [n, dim] float32
-    tokens: int
-    truncated_tokens: int
 
 
 class Encoder(ModelRuntime):
@@ -52,6 +42,10 @@ class Encoder(ModelRuntime):
 
     def encode(self, texts: list[str], side: Side = "passage", truncate: bool = True) -> Encoded:
         return self.submit(texts, side, truncate).result()
+
+    async def embed(self, texts: list[str], side: Side, truncate: bool) -> Encoded:
+        """models.interfaces.TextEncoder: tokenizes off the event loop, then awaits the batch."""
+        return await self.join(texts, side, truncate)
 
     def _run(self, seqs: list[list[int]]) -> list[np.ndarray]:
         pooled = self.pooled_states(seqs, self.preset.pool_last).float()

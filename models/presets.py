@@ -119,7 +119,7 @@ ENCODERS: dict[str, EncoderPreset] = {
             _SMOLLM2_LLARA,
             name="smollm2-retriever",
             description="the default: bundled SmolLM2 with the project's LLaRA + contrastive LoRA adapter "
-            "(models/adapters/smollm2-retriever, rebuilt by models/train/RECIPES.md), smollm2-llara's conventions",
+            "(models/adapters/smollm2-retriever, rebuilt by training/RECIPES.md), smollm2-llara's conventions",
             default_model=BUNDLED_RETRIEVER,
         ),
     ]
@@ -190,7 +190,7 @@ RERANKERS: dict[str, RerankerPreset] = {
             _SMOLLM2_RANKLLAMA,
             name="smollm2-rankllama-trained",
             description="the default: bundled SmolLM2 with the project's RankLLaMA-style adapter (score head + "
-            "LoRA, models/adapters/smollm2-rankllama, rebuilt by models/train/RECIPES.md), smollm2-rankllama's conventions",
+            "LoRA, models/adapters/smollm2-rankllama, rebuilt by training/RECIPES.md), smollm2-rankllama's conventions",
             default_model=BUNDLED_RANKLLAMA,
         ),
     ]

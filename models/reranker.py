@@ -9,11 +9,11 @@ zero-shot, it needs no trained head, and on the Debian set it is what lifts retr
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import torch
 
 from models.batching import gather
+from models.interfaces import Scored
 from models.presets import RerankerPreset
 from models.runtime import ModelRuntime
 from models.templates import TemplateRenderer
@@ -25,34 +25,6 @@ class Pair(list):
     def __init__(self, ids: list[int], tail: int):
         super().__init__(ids)
         self.tail = tail
-
-
-@dataclass
-class Scored:
-    scores: list[float]
-    tokens: int
-    truncated_tokens: int
-
-
-RRF_K = 60  # Cormack et al. 2009's constant, as in Qdrant's and Elasticsearch's RRF; not tuned here
-
-
-def final_scores(scores: list[float], fusion: str = "none") -> list[float]:
-    """The rank-deciding scores of candidates given in retrieval order, best first after a stable sort.
-
-    "none": the reranker's scores alone. "rrf": reciprocal-rank fusion of the retrieval rank and the
-    rerank rank, 1/(k + r_retrieval) + 1/(k + r_rerank): a small reranker's mistakes are damped by
-    the first stage where the two disagree (on held-out train queries it beats either alone,
-    benchmarks/RESULTS.md).
-    """
-    if fusion == "none":
-        return list(scores)
-    if fusion != "rrf":
-        raise ValueError(f"unknown rerank fusion {fusion!r}: rrf or none")
-    fused = [1 / (RRF_K + 1 + i) for i in range(len(scores))]
-    for rank, i in enumerate(sorted(range(len(scores)), key=lambda i: -scores[i])):
-        fused[i] += 1 / (RRF_K + 1 + rank)
-    return fused
 
 
 class Reranker(ModelRuntime):
@@ -82,6 +54,10 @@ class Reranker(ModelRuntime):
 
     def score(self, query: str, documents: list[str], truncate: bool = True) -> Scored:
         return self.submit(query, documents, truncate).result()
+
+    async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored:
+        """models.interfaces.PairScorer: tokenizes off the event loop, then awaits the batch."""
+        return await self.join(query, documents, truncate)
 
     @torch.inference_mode()
     def _run(self, seqs: list[list[int]]) -> list[float]:

@@ -10,7 +10,9 @@ alone or in any batch.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -105,5 +107,21 @@ class ModelRuntime:
         ids, mask, lengths = pad_right(seqs, self.pad_id, self.model.device)
         return gather_last(self.model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, lengths, k)
 
+    def submit(self, *args) -> Future:
+        raise NotImplementedError
+
+    async def join(self, *args):
+        """submit() in a worker thread (tokenizing a rerank takes milliseconds), then await its batch."""
+        return await asyncio.wrap_future(await asyncio.to_thread(self.submit, *args))
+
     def close(self) -> None:
         self.batcher.close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

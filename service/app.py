@@ -16,8 +16,9 @@ from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.routes import router
 from service.security import LimitBody, RequireApiKey, disable_telemetry, key_digests
+from service.served import open_models
 from service.settings import Settings
-from service.workers import open_models
+from store import open_store
 
 log = logging.getLogger("reprank")
 
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = app.state
         state.ready, state.pipeline, state.load_error, state.draining = False, None, None, False
         metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
-        store = None if settings.role == "worker" else settings.open_store()
+        store = None if settings.role == "worker" else open_store(settings.store_config())
 
         async def load() -> None:
             start = time.perf_counter()
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loading.cancel()  # it may be waiting for workers that never come
         await asyncio.gather(loading, return_exceptions=True)
         if state.pipeline:
-            await state.pipeline.close()
+            await state.pipeline.aclose()
         if store is not None:
             store.close()
         if metrics_server:

@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.store import CollectionNotFound, StoreLocked, StoreMismatch, StoreUnavailable
 from models.errors import InputTooLong, QueueFull
+from store import CollectionNotFound, StoreLocked, StoreMismatch, StoreUnavailable
 
 log = logging.getLogger("reprank")
 

@@ -16,7 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from qdrant_client import models as qm
 
-from indexer.store import Document, ServerStore
+from store import Document
+from store.server import ServerStore
 
 DIM = 64
 
@@ -66,12 +67,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?")[0]
         body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
-        if path == "/collections/docs/points/query":
-            req = qm.QueryRequest.model_validate(body)
-            res = self.client.query_points("docs", query=req.query, using=req.using, prefetch=req.prefetch,
-                                           query_filter=req.filter, limit=req.limit or 10,
-                                           with_payload=req.with_payload)
-            return self._send(200, self._dump(res))
+        if path == "/collections/docs/points/query/batch":
+            searches = [qm.QueryRequest.model_validate(r) for r in body["searches"]]
+            return self._send(200, [self._dump(r) for r in self.client.query_batch_points("docs", searches)])
         if path == "/collections/docs/points/count":
             return self._send(200, {"count": self.client.count("docs", exact=True).count})
         self._send(404, f"Not found: {path}")

@@ -404,13 +404,14 @@ def metrics_text(tiny_llama, tmp_path_factory) -> str:
     from starlette.testclient import TestClient
 
     from indexer.run import index_corpus
-    from indexer.store import Document, open_store
     from models import open_encoder
     from service.app import create_app
     from service.settings import Settings
+    from store import Document
+    from store.edge import EdgeStore
 
     data = tmp_path_factory.mktemp("deploy-data")
-    store = open_store(data)
+    store = EdgeStore(data)
     enc = open_encoder(str(tiny_llama), "smollm2")
     docs = [Document(f"d{i}", f"document {i} about parsing files", title=f"t{i}") for i in range(6)]
     index_corpus(docs, enc, store, "docs", progress=False)

@@ -14,9 +14,9 @@ from conftest import tiny_model_args
 from tiny import write_beir
 
 from cli import main
-from indexer.evaluate import MEASURES, PIPELINES, score_run
-from indexer.store import EdgeStore
-from models.reranker import final_scores
+from search.evaluate import MEASURES, PIPELINES, score_run
+from search.fusion import final_scores
+from store.edge import EdgeStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -18,9 +18,10 @@ import pytest
 from conftest import reprank_cmd
 
 from indexer.corpus import CorpusError, count_documents, read_corpus
-from indexer.run import index_corpus, passage_text
-from indexer.store import Document, EdgeStore, open_store
+from indexer.run import index_corpus
 from models.loading import model_revision
+from store import Document, passage_text
+from store.edge import EdgeStore
 
 BEIR_RECORDS = [
     {"_id": "d1", "title": "First", "text": "the first passage"},
@@ -260,7 +261,7 @@ def locked_attempt(tiny_llama, encoder, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("locked")
     corpus = write_jsonl(tmp / "corpus.jsonl", [{"_id": f"d{i}", "text": f"text {i}"} for i in range(5)])
     data = tmp / "data"
-    store = open_store(data)
+    store = EdgeStore(data)
     index_corpus(read_corpus(corpus), encoder, store, "c", progress=False)
     assert len(store.query("c", np.ones(64, dtype=np.float32), limit=3)) == 3  # the shard is open here
     proc = subprocess.Popen([*index_args(corpus, data, tiny_llama), "--no-progress"],
@@ -307,7 +308,7 @@ def test_index_resumes_after_sigkill(tiny_llama, tmp_path, locked_attempt):
     assert m[1] == "c" and total == N_RESUME
     assert present >= done and encoded > 0 and encoded + present == N_RESUME  # nothing encoded twice
 
-    store = open_store(data)
+    store = EdgeStore(data)
     try:
         assert store.count("c") == N_RESUME  # one point per document
         assert store.existing_doc_ids("c", ids) == set(ids)
@@ -327,6 +328,6 @@ def test_second_process_gets_store_locked(locked_attempt):
     assert f"reprank: error: the embedded collection folder {shard} is in use by another process" in stderr
     assert "--qdrant-url" in stderr and "Traceback" not in stderr
     assert not SUMMARY.search(stdout)
-    again = open_store(data)  # the refused process changed nothing
+    again = EdgeStore(data)  # the refused process changed nothing
     assert again.count("c") == 5
     again.close()

@@ -10,10 +10,11 @@ import pytest
 from test_store import DIM, make_docs, make_vectors
 
 from indexer.jobs import IndexJob, run_index
-from indexer.qdrant_config import ServerConfig, parse_payload_indexes
 from indexer.reindex import next_version, reindex, versions
-from indexer.store import ServerStore, StoreError, StoreMismatch
 from service.settings import Settings
+from store import StoreError, StoreMismatch
+from store.config import ServerConfig, parse_payload_indexes
+from store.server import ServerStore
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning"),
@@ -120,16 +121,13 @@ class _KeptOpen(ServerStore):
         pass
 
 
-def test_reprank_index_on_a_server_swaps_the_alias(tiny_llama, tmp_path):
+def test_reprank_index_on_a_server_swaps_the_alias(tiny_llama, tmp_path, monkeypatch):
     store = _KeptOpen(location=":memory:")
-
-    class OnServer(Settings):
-        def open_store(self):
-            return store
+    monkeypatch.setattr("indexer.jobs.open_store", lambda config: store if config.url else None)
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(f'{{"_id": "d{i}", "text": "passage {i} about packages"}}\n' for i in range(5)))
-    s = OnServer(qdrant_url="http://qdrant.invalid:6333", model=str(tiny_llama), model_preset="smollm2")
+    s = Settings(qdrant_url="http://qdrant.invalid:6333", model=str(tiny_llama), model_preset="smollm2")
     job = IndexJob(str(corpus), "docs", progress=False)
     assert run_index(job, s).startswith("docs-v1 (alias docs moved from nothing): 5 documents encoded")
     line = run_index(job, s)

@@ -15,9 +15,10 @@ from conftest import reprank_cmd
 from indexer.corpus import read_corpus
 from indexer.ray_index import EncoderSpec, index_with_ray
 from indexer.run import collection_info, index_corpus
-from indexer.store import EdgeStore, ServerStore
 from models import encoder_source, open_encoder
 from models.loading import model_revision
+from store.edge import EdgeStore
+from store.server import ServerStore
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),

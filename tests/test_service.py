@@ -13,9 +13,10 @@ import pytest
 from conftest import Server, tiny_model_args
 
 from indexer.run import collection_info, index_corpus
-from indexer.store import Document, open_store
 from models import open_encoder
 from models.loading import model_revision
+from store import Document
+from store.edge import EdgeStore
 
 SECTIONS = ["python", "admin", "libs"]
 DOCS = [
@@ -30,7 +31,7 @@ def indexed_data(tiny_llama, tmp_path_factory):
     """A fresh embedded store with DOCS in collection "docs", encoded by the tiny model, and an empty
     "stale" collection as an earlier training of the same model (another revision) would have left."""
     data = tmp_path_factory.mktemp("data")
-    store = open_store(data)
+    store = EdgeStore(data)
     enc = open_encoder(str(tiny_llama), "smollm2")
     index_corpus(DOCS, enc, store, "docs", progress=False)
     store.create_collection("stale", enc.dim, collection_info(enc.model.source, enc.preset.name) | {"revision": "0123456789ab"})

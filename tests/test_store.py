@@ -11,18 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.store import (
+from store import (
     CollectionNotFound,
     Document,
-    EdgeStore,
-    ServerStore,
+    StoreConfig,
     StoreLocked,
     StoreMismatch,
     StoreUnavailable,
     open_store,
-    parse_filter,
-    point_id,
 )
+from store.edge import EdgeStore
+from store.filters import parse_filter
+from store.layout import point_id
+from store.server import ServerStore
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning"),
@@ -217,8 +218,8 @@ def test_bad_collection_name(store, name):
 
 
 def test_open_store_picks_backend(tmp_path):
-    assert isinstance(open_store(tmp_path), EdgeStore)
-    server = open_store(tmp_path, qdrant_url="http://127.0.0.1:6333")
+    assert isinstance(open_store(StoreConfig(tmp_path)), EdgeStore)
+    server = open_store(StoreConfig(tmp_path, url="http://127.0.0.1:6333"))
     assert isinstance(server, ServerStore)
     server.close()
 
@@ -229,7 +230,7 @@ def test_open_store_picks_backend(tmp_path):
 
 def _child(script: str, data_dir: Path) -> subprocess.Popen:
     """A python process running `script` with `store` = EdgeStore(data_dir); it prints a line when ready."""
-    code = f"import sys, time\nfrom indexer.store import *\nstore = EdgeStore({str(data_dir)!r})\n"
+    code = f"import sys, time\nfrom store import Document\nfrom store.edge import EdgeStore\nstore = EdgeStore({str(data_dir)!r})\n"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", code + textwrap.dedent(script)],

@@ -13,11 +13,11 @@ from safetensors import safe_open
 from tiny import write_beir
 
 from cli import main
-from indexer.store import Document
 from models import open_encoder, open_reranker
-from models.train import data as train_data
-from models.train.data import batch_indices, select_queries, sentences
-from models.train.llara import Layout, llara_states
+from store import Document
+from training import data as train_data
+from training.data import batch_indices, select_queries, sentences
+from training.llara import Layout, llara_states
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -210,7 +210,7 @@ def test_sentences_split_descriptions_and_join_fragments():
     text = "Caja is the file manager for MATE. It browses files.\n\nThis package contains the dev files. Yes."
     assert sentences(text) == ["Caja is the file manager for MATE. It browses files.",
                                "This package contains the dev files. Yes."]
-    from models.train.llara import examples
+    from training.llara import examples
 
     ex = examples([Document("d", "First sentence of four words. Second sentence here as well.")])
     assert [(e.text, e.next) for e in ex] == [("First sentence of four words.", "Second sentence here as well."),
@@ -218,8 +218,8 @@ def test_sentences_split_descriptions_and_join_fragments():
 
 
 def test_a_reduced_mining_pool_keeps_positives_then_lexical_neighbours(dataset):
-    from models.train.data import load_train
-    from models.train.mine import _pool
+    from training.data import load_train
+    from training.mine import _pool
 
     train = load_train(dataset, 2, seed=1)
     positives = [d for q in train.query_ids for d in train.positives[q]]

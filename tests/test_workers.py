@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from service.errors import ApiError
 from service.metrics import Metrics
+from service.remote import RemoteModel
 from service.settings import Settings
-from service.workers import RemoteModel
 
 VLLM_FORMATS = dict(remote_query_format="query: {text}</s>", remote_passage_format="passage: {text}</s>",
                     remote_rerank_query_format="query: {query}", remote_rerank_document_format="document: {document}")

@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indexer.corpus import passage_text
 from models.presets import reranker_preset
 from models.reranker import Pair, query_logprob
 from models.runtime import gather_last, pad_right
 from models.templates import TemplateRenderer
-from models.train import common
-from models.train.data import batch_indices, load_train, read_negatives, sample_group, step_rng
+from store import passage_text
+from training import common
+from training.data import batch_indices, load_train, read_negatives, sample_group, step_rng
 
 
 def run(args) -> int:

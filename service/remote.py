@@ -1,11 +1,10 @@
-"""The models the pipeline calls: in this process, or remote workers over HTTP, behind one interface.
+"""Models on worker replicas (`reprank serve --role worker`, or stock vLLM servers), over HTTP.
 
-`LocalModel` joins an in-process Encoder/Reranker batcher. `RemoteModel` asks a pool of worker
-replicas (`reprank serve --role worker`, or a vLLM server) in the OpenAI embeddings and Cohere rerank
-shapes. A replica that fails (connection refused, timeout, 429 or 5xx) is retried on the next one,
-with exponential backoff between rounds; when no replica answers the request gets a 503 in the
-project's error body, and the next request tries them all again, so a worker that comes back is used
-without restarting the gateway. A worker's own 4xx (413 input too long, 400 empty) is passed through.
+`RemoteModel` asks a pool of replicas in the OpenAI embeddings and Cohere rerank shapes. A replica
+that fails (connection refused, timeout, 429 or 5xx) is retried on the next one, with exponential
+backoff between rounds; when no replica answers the request gets a 503 in the project's error body,
+and the next request tries them all again, so a worker that comes back is used without restarting
+the gateway. A worker's own 4xx (413 input too long, 400 empty) is passed through.
 """
 
 from __future__ import annotations
@@ -13,67 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 
-from models.encoder import Encoded
-from models.errors import QueueFull
-from models.loading import model_revision
-from models.reranker import Scored
+from models.interfaces import Encoded, Scored, Side
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.schemas import ModelCard
+from service.served import Task, served_names
 from service.settings import Settings
 
 log = logging.getLogger("reprank")
 
-Task = Literal["embedding", "rerank"]
 PATHS = {"embedding": "/v1/embeddings", "rerank": "/v1/rerank"}
 _RETRYABLE = {429, 500, 502, 503, 504}
-
-
-def served_names(model_arg: str, preset: str) -> set[str]:
-    """A served model answers to its --model value, its folder name and its preset name."""
-    return {model_arg, model_arg.rstrip("/").split("/")[-1], preset}
-
-
-class LocalModel:
-    """An Encoder or Reranker in this process; its calls join the shared batcher off the event loop."""
-
-    def __init__(self, runtime, task: Task, model_arg: str, metrics: Metrics):
-        self.runtime, self.task, self.model_id, self.metrics = runtime, task, model_arg, metrics
-        self.names = served_names(model_arg, runtime.preset.name)
-        self._card = ModelCard(  # fixed for the process's life; search reads it on every request
-            id=model_arg, task=task, preset=runtime.preset.name, source=runtime.model.source,
-            revision=model_revision(runtime.model.source),
-            dimensions=getattr(runtime, "dim", None) if task == "embedding" else None,
-            max_length=runtime.preset.max_length)
-
-    def card(self) -> ModelCard:
-        return self._card
-
-    async def _join(self, *args):
-        try:
-            future = await run_in_threadpool(self.runtime.submit, *args)
-        except QueueFull:
-            self.metrics.rejected.labels(self.model_id).inc()
-            raise
-        result = await asyncio.wrap_future(future)
-        if result.truncated_tokens:
-            self.metrics.truncated.labels(self.model_id).inc(result.truncated_tokens)
-        return result
-
-    async def embed(self, texts: list[str], side: str, truncate: bool) -> Encoded:
-        return await self._join(texts, side, truncate)
-
-    async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored:
-        return await self._join(query, documents, truncate)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self.runtime.close)
 
 
 def _error_of(r: httpx.Response) -> tuple[str, str]:
@@ -185,7 +139,7 @@ class RemoteModel:
         assert self._card is not None, "start() first"
         return self._card
 
-    async def embed(self, texts: list[str], side: str, truncate: bool) -> Encoded:
+    async def embed(self, texts: list[str], side: Side, truncate: bool) -> Encoded:
         s = self.settings
         fmt = s.remote_query_format if side == "query" else s.remote_passage_format
         payload: dict[str, Any] = {"model": self.model_id, "truncate": truncate}
@@ -214,42 +168,5 @@ class RemoteModel:
         return Scored(scores, usage.get("prompt_tokens", usage.get("total_tokens", 0)),
                       usage.get("truncated_tokens", 0))
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self.pool.close()
-
-
-Model = LocalModel | RemoteModel
-Pair = tuple[Model | None, Model | None]  # (encoder, reranker)
-
-
-def _load_local(settings: Settings, metrics: Metrics, load_encoder: bool) -> Pair:
-    """Load (and warm up) this process's encoder and reranker; runs in a thread: it takes seconds."""
-    from models import open_encoder, open_reranker
-
-    def start(opener, name: str, preset: str | None, task: Task, warm_up) -> LocalModel:
-        runtime = opener(name, preset, on_batch=metrics.on_batch(name), max_queue_tokens=settings.max_queue_tokens,
-                         **settings.model_kwargs())
-        if settings.warmup:
-            warm_up(runtime)
-        metrics.watch_queue(name, runtime.batcher)
-        return LocalModel(runtime, task, name, metrics)
-
-    encoder = start(open_encoder, settings.model, settings.model_preset, "embedding",
-                    lambda e: e.encode(["warm-up query"], "query")) if load_encoder else None
-    reranker = start(open_reranker, settings.reranker, settings.reranker_preset, "rerank",
-                     lambda r: r.score("warm-up query", ["warm-up document"])) if settings.reranker != "none" else None
-    return encoder, reranker
-
-
-async def open_models(settings: Settings, metrics: Metrics) -> Pair:
-    """(encoder, reranker) for the process's role: local models, or remote workers for a gateway."""
-    if settings.role != "gateway":
-        return await asyncio.to_thread(_load_local, settings, metrics, settings.model != "none")
-    if not settings.encoder_urls:
-        raise ValueError("--role gateway needs --encoder-url (env REPRANK_ENCODER_URLS)")
-    encoder = RemoteModel("embedding", settings.encoder_urls, settings, metrics)
-    reranker = None
-    if settings.reranker_urls:
-        reranker = RemoteModel("rerank", settings.reranker_urls, settings, metrics)
-    await asyncio.gather(*(m.start() for m in (encoder, reranker) if m))
-    return encoder, reranker

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from indexer.run import derived_collection, encode_queries, index_corpus, passage_text
-from indexer.store import VectorStore
-from models.train.data import load_train, write_negatives
+from indexer.run import derived_collection, encode_queries, index_corpus
+from store import VectorStore, passage_text
+from training.data import load_train, write_negatives
 
 log = logging.getLogger("reprank.train")
 

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from models.presets import encoder_preset
 from models.runtime import gather_last, pad_right
 from models.templates import TemplateRenderer
-from models.train import common
-from models.train.data import batch_indices, load_train, sentences
+from training import common
+from training.data import batch_indices, load_train, sentences
 
 log = logging.getLogger("reprank.train")
 

@@ -1,4 +1,4 @@
-"""Collection settings for a Qdrant server or cluster, as qdrant-client models.
+"""Store settings: where collections live, and the collection settings of a Qdrant server or cluster.
 
 Defaults leave everything to the server (HNSW m=16, ef_construct=100, vectors in RAM, one shard, no
 quantization). Sizing for each choice is worked out in README "Qdrant server: settings and sizing".
@@ -9,6 +9,7 @@ settings work on older servers too. Qdrant's local mode (`:memory:`) stores them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from qdrant_client import models as qm
@@ -82,3 +83,13 @@ class ServerConfig:
         if self.hnsw_ef is None and quant is None:
             return None
         return qm.SearchParams(hnsw_ef=self.hnsw_ef, quantization=quant)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the collections live: the embedded Edge store under ``data_dir``, or a server at ``url``."""
+
+    data_dir: str | Path = "data"
+    url: str | None = None
+    api_key: str | None = None
+    server: ServerConfig = ServerConfig()

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from indexer.corpus import passage_text
 from models.presets import encoder_preset
 from models.runtime import pad_right, pool
 from models.templates import TemplateRenderer
-from models.train import common
-from models.train.data import batch_indices, load_train, read_negatives, sample_group, step_rng
+from store import passage_text
+from training import common
+from training.data import batch_indices, load_train, read_negatives, sample_group, step_rng
 
 log = logging.getLogger("reprank.train")
 

@@ -1,0 +1,115 @@
+"""One search: encode the query -> retrieve (dense, hybrid or BM25) -> rerank the head -> fuse -> order.
+
+`/v1/search` (service/pipeline.py) and `reprank eval` (search/evaluate.py) both call `Searcher.search`,
+so the figures eval reports are the ranking the service serves. The encoder and reranker are the
+seams of models.interfaces (in-process torch engines, or remote workers); the store is any
+store.VectorStore. Validation and HTTP shapes stay in the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+from models.interfaces import PairScorer, TextEncoder
+from search.fusion import RerankFusion, final_scores, order
+from store import Hit, VectorStore, passage_text
+
+Retrieval = Literal["dense", "hybrid", "bm25"]
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    collection: str
+    top_k: int = 10
+    candidates: int = 20  # retrieved when reranking (else top_k)
+    rerank_depth: int | None = None  # the head that is reranked; None: every candidate
+    retrieval: Retrieval = "hybrid"
+    rerank: bool = True
+    fusion: RerankFusion = "rrf"
+    filter: dict | None = None
+    truncate: bool = False  # of the query; stored passages are always cut to the reranker's window
+
+
+@dataclass
+class Ranked:
+    hit: Hit
+    score: float  # the one that decided the order: fused, rerank or (below the head) retrieval
+    rerank_score: float | None = None
+
+
+@dataclass
+class Searched:
+    results: list[Ranked]
+    reranked: bool
+    query_tokens: int = 0
+    rerank_tokens: int = 0
+    truncated_tokens: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+Observe = Callable[[str, float], None]  # (stage, seconds): the service's stage histogram
+
+
+class Searcher:
+    """Search over one store with one encoder and, optionally, a reranker.
+
+    ``identity`` is the encoder's {"preset", "revision"}: a collection built by another one is refused
+    (StoreMismatch) before it is searched, since its vectors live in another space.
+    """
+
+    def __init__(self, store: VectorStore, encoder: TextEncoder | None, reranker: PairScorer | None = None, *,
+                 identity: dict | None = None, observe: Observe | None = None):
+        self.store, self.encoder, self.reranker = store, encoder, reranker
+        self.identity, self.observe = identity, observe
+
+    @contextmanager
+    def _stage(self, name: str, timings: dict[str, float]) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            timings[name] = round(elapsed * 1000, 2)
+            if self.observe:
+                self.observe(name, elapsed)
+
+    async def search(self, query: str, plan: SearchPlan) -> Searched:
+        if plan.rerank and self.reranker is None:
+            raise ValueError("a reranked search needs a reranker")
+        out = Searched([], reranked=False)
+        start = time.perf_counter()
+        vector = None
+        if plan.retrieval != "bm25":
+            with self._stage("encode", out.timings_ms):
+                q = await self.encoder.embed([query], "query", plan.truncate)
+            vector, out.query_tokens, out.truncated_tokens = q.vectors[0], q.tokens, q.truncated_tokens
+        with self._stage("search", out.timings_ms):
+            hits = await asyncio.to_thread(self._retrieve, query, vector,
+                                           plan.candidates if plan.rerank else plan.top_k, plan)
+        out.results = [Ranked(h, h.score) for h in hits]
+        if plan.rerank and hits:
+            depth = min(plan.rerank_depth or len(hits), len(hits))
+            head = hits[:depth]
+            with self._stage("rerank", out.timings_ms):
+                scored = await self.reranker.rerank(query, [passage_text(h.document) for h in head], True)
+            final = final_scores(scored.scores, plan.fusion)
+            out.results[:depth] = [Ranked(head[i], final[i], scored.scores[i]) for i in order(final)]
+            out.reranked = True
+            out.rerank_tokens = scored.tokens
+            out.truncated_tokens += scored.truncated_tokens
+        out.results = out.results[: plan.top_k]
+        out.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 2)
+        return out
+
+    def _retrieve(self, query: str, vector, limit: int, plan: SearchPlan) -> list[Hit]:
+        if plan.retrieval == "bm25":
+            return self.store.query_bm25(plan.collection, query, limit, plan.filter)
+        if self.identity:
+            self.store.check_info(plan.collection, self.identity)
+        hybrid_text = query if plan.retrieval == "hybrid" else None
+        return self.store.query(plan.collection, vector, limit, plan.filter, hybrid_text=hybrid_text)

@@ -1,0 +1,66 @@
+"""Models in this process: the torch engine's Encoder and Reranker, counted into /metrics."""
+
+from __future__ import annotations
+
+from models.errors import QueueFull
+from models.interfaces import Encoded, Scored, Side
+from models.loading import model_revision
+from models.runtime import ModelRuntime
+from service.metrics import Metrics
+from service.schemas import ModelCard
+from service.served import Task, served_names
+from service.settings import Settings
+
+
+class LocalModel:
+    """A ServedModel over an in-process Encoder or Reranker; its calls join the shared batcher."""
+
+    def __init__(self, runtime: ModelRuntime, task: Task, model_arg: str, metrics: Metrics):
+        self.runtime, self.task, self.model_id, self.metrics = runtime, task, model_arg, metrics
+        self.names = served_names(model_arg, runtime.preset.name)
+        self._card = ModelCard(  # fixed for the process's life; search reads it on every request
+            id=model_arg, task=task, preset=runtime.preset.name, source=runtime.model.source,
+            revision=model_revision(runtime.model.source),
+            dimensions=getattr(runtime, "dim", None) if task == "embedding" else None,
+            max_length=runtime.preset.max_length)
+
+    def card(self) -> ModelCard:
+        return self._card
+
+    async def _join(self, *args):
+        try:
+            result = await self.runtime.join(*args)
+        except QueueFull:
+            self.metrics.rejected.labels(self.model_id).inc()
+            raise
+        if result.truncated_tokens:
+            self.metrics.truncated.labels(self.model_id).inc(result.truncated_tokens)
+        return result
+
+    async def embed(self, texts: list[str], side: Side, truncate: bool) -> Encoded:
+        return await self._join(texts, side, truncate)
+
+    async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored:
+        return await self._join(query, documents, truncate)
+
+    async def aclose(self) -> None:
+        await self.runtime.aclose()
+
+
+def load_local(settings: Settings, metrics: Metrics) -> tuple[LocalModel | None, LocalModel | None]:
+    """Load (and warm up) this process's encoder and reranker; runs in a thread: it takes seconds."""
+    from models import open_encoder, open_reranker
+
+    def start(opener, name: str, preset: str | None, task: Task, warm_up) -> LocalModel:
+        runtime = opener(name, preset, on_batch=metrics.on_batch(name), max_queue_tokens=settings.max_queue_tokens,
+                         **settings.model_kwargs())
+        if settings.warmup:
+            warm_up(runtime)
+        metrics.watch_queue(name, runtime.batcher)
+        return LocalModel(runtime, task, name, metrics)
+
+    encoder = start(open_encoder, settings.model, settings.model_preset, "embedding",
+                    lambda e: e.encode(["warm-up query"], "query")) if settings.model != "none" else None
+    reranker = start(open_reranker, settings.reranker, settings.reranker_preset, "rerank",
+                     lambda r: r.score("warm-up query", ["warm-up document"])) if settings.reranker != "none" else None
+    return encoder, reranker
