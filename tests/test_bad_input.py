@@ -1,4 +1,4 @@
-"""Bad and odd input against the real server (tiny random model, real embedded store): a schemathesis
+"""Bad and odd input against the real server process (tiny random model, real embedded store): a schemathesis
 fuzz of the OpenAPI schema (no 5xx, every response as documented), Unicode edge cases, empty and
 huge inputs. Each gets its documented answer (README: errors), and the server stays healthy."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import schemathesis
+from helpers import assert_error, docs_server, post, reprank_cmd
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -15,7 +16,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_service import assert_error, docs_server, post
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,13 @@ def test_huge_inputs(server):
                             headers={"content-type": "application/json"}, timeout=60), 413)
     assert httpx.get(server.url + "/healthz").status_code == 200
     assert post(server, "/v1/search", {"query": "library", "top_k": 3}).status_code == 200
+
+
+def test_cli_search_against_the_running_server(server):
+    import subprocess
+
+    out = subprocess.run(reprank_cmd("search", "library for parsing", "--url", server.url, "--top-k", "3"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "reranked=True" in lines[0] and len(lines) == 2 + 3 and "doc-" in lines[2]

@@ -10,10 +10,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import tiny_model_args
+from helpers import InProcess, post, tiny_model_args, tiny_settings
 from tiny import write_beir
 
 from cli import main
+from indexer.corpus import read_qrels, read_queries
 from search.evaluate import MEASURES, PIPELINES, score_run
 from search.fusion import final_scores
 from store.edge import EdgeStore
@@ -54,6 +55,48 @@ def test_eval_reports_every_pipeline_and_bm25_is_perfect(dataset, tiny_llama, tm
     store = EdgeStore(tmp_path / "data")
     assert len(store.list_collections()) == 1 and store.count(store.list_collections()[0]) == 16
     store.close()
+
+
+SERVED = {  # the /v1/search options of each eval pipeline
+    "dense": {"hybrid": False, "rerank": False},
+    "hybrid": {"hybrid": True, "rerank": False},
+    "dense+rerank": {"hybrid": False, "rerank": True, "rerank_fusion": "none"},
+    "hybrid+rerank+rrf": {},  # the default search
+}
+
+
+def read_trec(path: Path) -> dict[str, list[str]]:
+    run: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        qid, _, doc, *_ = line.split()
+        run.setdefault(qid, []).append(doc)
+    return run
+
+
+def test_eval_ranks_exactly_as_search_serves(dataset, tiny_llama, tmp_path):
+    """`reprank eval` and /v1/search, on the same collection and models, give the same ranking for
+    every query and pipeline: both go through search.core.Searcher. Each rerank pipeline runs in its
+    own eval, so each reranks its head in one call as /v1/search does (an eval of several rerank
+    pipelines scores a shared passage once, in another batch, which may move a near tie)."""
+    data, out = tmp_path / "data", tmp_path / "eval.json"
+    for pipelines in (["dense", "hybrid", "dense+rerank"], ["hybrid+rerank+rrf"]):
+        assert main(["eval", "--dataset", str(dataset), "--data-dir", str(data), "--output", str(out),
+                     "--candidates", "10", "--rerank-depth", "10", "--no-progress", "--pipelines", *pipelines,
+                     *tiny_model_args(tiny_llama)]) == 0
+    runs = {p: read_trec(out.with_name(f"eval.{p}.trec")) for p in SERVED}
+    with EdgeStore(data) as store:
+        (collection,) = store.list_collections()
+    queries = read_queries(dataset)
+    served = InProcess(tiny_settings(tiny_llama, data_dir=data, collection=collection))
+    try:
+        for qid in read_qrels(dataset, "dev"):
+            for pipeline, options in SERVED.items():
+                r = post(served, "/v1/search", {"query": queries[qid], "top_k": 10, "candidates": 10, **options})
+                assert r.status_code == 200, r.text
+                assert [h["id"] for h in r.json()["results"]] == runs[pipeline][qid], (pipeline, qid)
+    finally:
+        served.stop()
+    assert runs["hybrid"] != runs["dense"] and runs["hybrid+rerank+rrf"] != runs["hybrid"]  # four rankings
 
 
 def test_a_query_with_no_result_counts_as_zero():

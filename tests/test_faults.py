@@ -15,8 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server, free_port, tiny_model_args
-from test_service import assert_error, post
+from helpers import Server, assert_error, free_port, post, tiny_model_args
 
 FAKE = Path(__file__).parent / "fake_qdrant.py"
 ROOT = Path(__file__).parent.parent

@@ -13,8 +13,7 @@ import time
 
 import httpx
 import pytest
-from conftest import Server, free_port
-from test_service import assert_error, indexed_data, post
+from helpers import Server, assert_error, free_port, indexed_data, post
 
 TIMEOUT_S = 3.0  # the gateway's per-attempt worker timeout
 # dense retrieval: Qdrant's hybrid RRF gives tied scores whose order can differ between two stores

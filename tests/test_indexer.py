@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import reprank_cmd
+from helpers import reprank_cmd
 
 from indexer.corpus import CorpusError, count_documents, read_corpus
 from indexer.run import index_corpus

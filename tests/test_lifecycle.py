@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import Server, tiny_model_args
-from test_service import assert_error, post
+from helpers import Server, assert_error, post, tiny_model_args
 
 LONG_DOC = "tokens and more tokens " * 100  # ~460 tokens
 ENV = {"REPRANK_MAX_DOCUMENTS": "20000", "REPRANK_MAX_QUEUE_TOKENS": "50000000",

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import reprank_cmd
+from helpers import reprank_cmd
 
 from indexer.corpus import read_corpus
 from indexer.ray_index import EncoderSpec, index_with_ray

@@ -12,8 +12,7 @@ import sys
 
 import httpx
 import pytest
-from conftest import Server, free_port, tiny_model_args
-from test_service import assert_error
+from helpers import Server, assert_error, free_port, tiny_model_args
 
 KEYS = {"env": "rk-env-3f9a1c2b7d", "file": "rk-file-8e2d4c6a0b", "digest": "rk-digest-5b7c9e1f3a"}
 WRONG = "rk-wrong-0a1b2c3d4e"

@@ -1,74 +1,34 @@
-"""The real app under uvicorn (`reprank serve` subprocess) over a real embedded Qdrant Edge store,
-with a tiny random Llama as encoder and yes/no reranker, called over HTTP."""
+"""The API's contract through the real app in this process (an ASGI client: lifespan, middlewares,
+routes) over a real embedded Qdrant Edge store, with a tiny random Llama as encoder and
+query-likelihood reranker. Process matters (signals, deadlines, workers) are tested over real uvicorn
+in test_lifecycle, test_gateway, test_faults and test_security."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import numpy as np
 import pytest
-from conftest import Server, tiny_model_args
+from helpers import DOCS, SECTIONS, InProcess, assert_error, get, indexed_data, post, tiny_settings
 
-from indexer.run import collection_info, index_corpus
-from models import open_encoder
 from models.loading import model_revision
-from store import Document
-from store.edge import EdgeStore
-
-SECTIONS = ["python", "admin", "libs"]
-DOCS = [
-    Document(f"doc-{i}", f"Package number {i} in section {SECTIONS[i % 3]}: "
-             + ("a library for parsing data files. " * (1 + i % 4)), title=f"pkg{i}",
-             metadata={"section": SECTIONS[i % 3], "size": i})
-    for i in range(30)
-]
-
-
-def indexed_data(tiny_llama, tmp_path_factory):
-    """A fresh embedded store with DOCS in collection "docs", encoded by the tiny model, and an empty
-    "stale" collection as an earlier training of the same model (another revision) would have left."""
-    data = tmp_path_factory.mktemp("data")
-    store = EdgeStore(data)
-    enc = open_encoder(str(tiny_llama), "smollm2")
-    index_corpus(DOCS, enc, store, "docs", progress=False)
-    store.create_collection("stale", enc.dim, collection_info(enc.model.source, enc.preset.name) | {"revision": "0123456789ab"})
-    enc.close()
-    store.close()
-    return data
-
-
-def docs_server(tiny_llama, tmp_path_factory, env: dict) -> Server:
-    """`reprank serve` over a fresh store holding DOCS, the tiny model as encoder and reranker."""
-    data = indexed_data(tiny_llama, tmp_path_factory)
-    return Server(["--data-dir", str(data), "--collection", "docs", *tiny_model_args(tiny_llama)], env)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
-    srv = docs_server(tiny_llama, tmp_path_factory,
-                      {"REPRANK_MAX_DOCUMENTS": "50", "REPRANK_MAX_INPUTS": "16", "REPRANK_MAX_QUEUE_TOKENS": "6000"})
+    data = indexed_data(tiny_llama, tmp_path_factory)
+    srv = InProcess(tiny_settings(tiny_llama, data_dir=data, collection="docs", max_documents=50, max_inputs=16,
+                                  max_queue_tokens=6000))
     yield srv
     srv.stop()
 
 
-def post(server, path, payload, **kw):
-    return httpx.post(server.url + path, json=payload, timeout=60, **kw)
-
-
-def assert_error(r: httpx.Response, status: int) -> dict:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "code"} and err["code"] == status and err["message"]
-    return err
-
-
 def test_health_ready_models(server):
-    assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
-    assert httpx.get(server.url + "/readyz").status_code == 200
-    models = httpx.get(server.url + "/v1/models").json()["data"]
+    assert get(server, "/healthz").json() == {"status": "ok"}
+    assert get(server, "/readyz").status_code == 200
+    models = get(server, "/v1/models").json()["data"]
     assert [m["task"] for m in models] == ["embedding", "rerank"]
     assert models[0]["dimensions"] == 64
     assert models[0]["revision"] == model_revision(models[0]["source"]) != "0123456789ab"
@@ -93,13 +53,13 @@ def test_embeddings_shapes_and_formats(server):
 
 def test_openai_client(server):
     openai = pytest.importorskip("openai")
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", http_client=server.client)
     out = client.embeddings.create(model=str(server_model(server)), input=["zstd compression", "yaml parser"])
     assert len(out.data) == 2 and len(out.data[0].embedding) == 64
 
 
 def server_model(server) -> str:
-    return httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+    return get(server, "/v1/models").json()["data"][0]["id"]
 
 
 def test_rerank_orders_scores(server):
@@ -173,37 +133,32 @@ def test_error_cases(server):
     assert_error(post(server, "/v1/rerank", {"query": "q", "documents": [long_text]}), 413)
     ok = post(server, "/v1/embeddings", {"input": long_text, "truncate": True}).json()
     assert ok["usage"]["truncated_tokens"] > 2000 and ok["usage"]["prompt_tokens"] == 512
-    bad = httpx.post(server.url + "/v1/search", content=b'{"query": ', timeout=10,
-                     headers={"content-type": "application/json"})
+    bad = server.request("POST", "/v1/search", content=b'{"query": ', headers={"content-type": "application/json"})
     assert_error(bad, 422)
     assert_error(post(server, "/v1/search", {"query": 5, "top_k": "many"}), 422)
     assert_error(post(server, "/v1/search", {"query": "q", "filter": {"section": {"nested": 1}}}), 422)
-    assert_error(httpx.get(server.url + "/v1/nothing"), 404)
+    assert_error(get(server, "/v1/nothing"), 404)
 
 
 def test_queue_full_gives_429_with_retry_after(server):
     doc = "tokens and more tokens " * 60  # ~300 tokens; 15 of them exceed the 6000-token queue
 
-    async def burst():
-        async with httpx.AsyncClient(timeout=120) as client:
-            reqs = [client.post(server.url + "/v1/rerank", json={"query": "q", "documents": [doc] * 15})
-                    for _ in range(12)]
-            return await asyncio.gather(*reqs)
-
-    responses = asyncio.run(burst())
+    with ThreadPoolExecutor(12) as pool:  # 12 concurrent requests into the app's one event loop
+        responses = list(pool.map(lambda _: post(server, "/v1/rerank", {"query": "q", "documents": [doc] * 15}),
+                                  range(12)))
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
     rejected = next(r for r in responses if r.status_code == 429)
     assert int(rejected.headers["retry-after"]) >= 1
     assert_error(rejected, 429)
-    assert httpx.get(server.url + "/healthz").status_code == 200  # and it keeps serving
+    assert get(server, "/healthz").status_code == 200  # and it keeps serving
     assert post(server, "/v1/rerank", {"query": "q", "documents": ["d"]}).status_code == 200
 
 
 def test_metrics_exposes_stages_batches_and_errors(server):
     post(server, "/v1/search", {"query": "library", "top_k": 3})
     post(server, "/v1/search", {"query": ""})
-    text = httpx.get(server.url + "/metrics").text
+    text = get(server, "/metrics").text
     for name in ["reprank_request_seconds_bucket", "reprank_stage_seconds_bucket{le=\"0.005\",stage=\"encode\"",
                  "reprank_batch_size_bucket", "reprank_batch_tokens_bucket", "reprank_queue_depth",
                  "reprank_errors_total", "reprank_requests_total", "reprank_rejected_total"]:
@@ -211,15 +166,3 @@ def test_metrics_exposes_stages_batches_and_errors(server):
     assert 'route="/v1/search",status="400"' in text
     stages = {json.dumps(s) for s in ["encode", "search", "rerank"]}
     assert all(f"stage={s}" in text for s in stages)
-
-
-def test_cli_search_against_the_running_server(server):
-    import subprocess
-
-    from conftest import reprank_cmd
-
-    out = subprocess.run(reprank_cmd("search", "library for parsing", "--url", server.url, "--top-k", "3"),
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert "reranked=True" in lines[0] and len(lines) == 2 + 3 and "doc-" in lines[2]

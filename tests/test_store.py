@@ -14,6 +14,7 @@ import pytest
 from store import (
     CollectionNotFound,
     Document,
+    Hit,
     StoreConfig,
     StoreLocked,
     StoreMismatch,
@@ -22,6 +23,7 @@ from store import (
 )
 from store.edge import EdgeStore
 from store.filters import parse_filter
+from store.fusion import QDRANT_RRF_K, rrf
 from store.layout import point_id
 from store.server import ServerStore
 
@@ -184,6 +186,22 @@ def test_hybrid_puts_the_rare_word_on_top(filled):
         h.doc_id
         for h in filled.query("docs", query, limit=12, hybrid_text="xylophone", filter={"section": "python"})
     }
+
+
+def test_hybrid_fusion_is_qdrants_rrf_with_ties_by_doc_id(filled):
+    """1/(2 + position) summed over the dense and BM25 lists (Qdrant's formula, QDRANT_RRF_K = 2), and
+    equal fused scores ordered by doc id, so a ranking never depends on the process that made it."""
+    query = make_vectors()[2]
+    dense = filled.query("docs", query, limit=12)
+    lexical = filled.query_bm25("docs", "xylophone", limit=12)
+    hits = filled.query("docs", query, limit=12, hybrid_text="xylophone")
+    expect = {h.doc_id: 1 / (QDRANT_RRF_K + i) for i, h in enumerate(dense)}
+    for i, h in enumerate(lexical):
+        expect[h.doc_id] = expect.get(h.doc_id, 0.0) + 1 / (QDRANT_RRF_K + i)
+    assert {h.doc_id: h.score for h in hits} == pytest.approx(expect)
+    assert [h.doc_id for h in hits] == sorted(expect, key=lambda d: (-expect[d], d))
+    a, b = (Hit(d, 1.0, {}) for d in ("b", "a"))
+    assert [h.doc_id for h in rrf([[a, b], [b, a]], limit=2)] == ["a", "b"]  # a tie: doc id decides
 
 
 def test_bm25_only_query(filled):
