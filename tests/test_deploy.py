@@ -356,6 +356,16 @@ def test_docker_context_holds_what_the_images_copy():
                 assert (ROOT / path).exists(), path
 
 
+def test_images_copy_every_package_that_installs():
+    """A package added to pyproject (a new layer) but not to the Dockerfiles would install nowhere."""
+    text = (ROOT / "pyproject.toml").read_text()
+    packages = set(re.findall(r'"(\w+)\*"', re.search(r"\[tool.setuptools.packages.find\]\ninclude = \[(.*)\]", text)[1]))
+    assert packages >= {"models", "store", "indexer", "search", "training", "service"}
+    for dockerfile in DOCKERFILES:
+        copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile.read_text(), re.M))
+        assert copied == packages, dockerfile.name
+
+
 # Metric names: dashboard and rules against the real /metrics
 
 
