@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
@@ -64,15 +61,9 @@ class Metrics:
         self.queue_limit.labels(model).set_function(lambda: batcher.max_queue_tokens)
         self._dropped.batchers[model] = batcher
 
-    @contextmanager
-    def timed(self, stage: str, timings: dict):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            self.stage.labels(stage).observe(elapsed)
-            timings[stage] = round(elapsed * 1000, 2)
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """One search stage (encode, search, rerank): search.core.Searcher reports each here."""
+        self.stage.labels(stage).observe(seconds)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

@@ -39,7 +39,7 @@ class Pipeline:
             card = encoder.card()  # a vLLM worker's card names no revision: nothing to compare
             identity = {"preset": card.preset, "revision": card.revision} if card.revision else None
             self.searcher = Searcher(store, encoder, reranker, identity=identity,
-                                     observe=lambda stage, s: metrics.stage.labels(stage).observe(s))
+                                     observe=metrics.observe_stage)
 
     def cards(self) -> list[ModelCard]:
         return [m.card() for m in (self.encoder, self.reranker) if m is not None]

@@ -7,6 +7,8 @@ import pytest
 
 from models import open_encoder, open_reranker
 
+pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` skips the real 135M model for a quick loop
+
 
 @pytest.fixture(scope="module")
 def encoder():
