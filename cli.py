@@ -50,8 +50,6 @@ def _parse_as(annotation) -> dict:
     return {"type": kind} if kind in (int, float) else {}
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reprank",
@@ -107,7 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     from training import add_parsers
 
     add_parsers(sub, lambda p: _settings_flags(p, STORE + MODELS))
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """`--api-keys` must not pass as an abbreviation of `--api-keys-file`: only whole flags count."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
 
 
 def settings_from(args: argparse.Namespace):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+import anyio.to_thread
 import torch
 
 from models.batching import BatchStats, TokenBatcher
@@ -111,14 +112,15 @@ class ModelRuntime:
         raise NotImplementedError
 
     async def join(self, *args):
-        """submit() in a worker thread (tokenizing a rerank takes milliseconds), then await its batch."""
-        return await asyncio.wrap_future(await asyncio.to_thread(self.submit, *args))
+        """submit() in a worker thread (tokenizing a rerank takes milliseconds), then await its batch.
+        anyio's thread pool is the one the service's routes use (40 threads), not asyncio's small default."""
+        return await asyncio.wrap_future(await anyio.to_thread.run_sync(self.submit, *args))
 
     def close(self) -> None:
         self.batcher.close()
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
+        await anyio.to_thread.run_sync(self.close)
 
     def __enter__(self):
         return self

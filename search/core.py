@@ -8,12 +8,13 @@ store.VectorStore. Validation and HTTP shapes stay in the service.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
+
+import anyio.to_thread
 
 from models.interfaces import PairScorer, TextEncoder
 from search.fusion import RerankFusion, final_scores, order
@@ -89,8 +90,8 @@ class Searcher:
                 q = await self.encoder.embed([query], "query", plan.truncate)
             vector, out.query_tokens, out.truncated_tokens = q.vectors[0], q.tokens, q.truncated_tokens
         with self._stage("search", out.timings_ms):
-            hits = await asyncio.to_thread(self._retrieve, query, vector,
-                                           plan.candidates if plan.rerank else plan.top_k, plan)
+            hits = await anyio.to_thread.run_sync(self._retrieve, query, vector,
+                                                  plan.candidates if plan.rerank else plan.top_k, plan)
         out.results = [Ranked(h, h.score) for h in hits]
         if plan.rerank and hits:
             depth = min(plan.rerank_depth or len(hits), len(hits))
