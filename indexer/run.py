@@ -14,11 +14,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from store import VectorStore
+
+if TYPE_CHECKING:  # the torch engine itself: indexing needs its dim, source and preset
+    from models.encoder import Encoder
 from store.documents import Document, passage_text
 
 
@@ -48,14 +52,14 @@ def collection_info(source: str, preset: str) -> dict:
     return {"model": source, "preset": preset, "revision": model_revision(source)}
 
 
-def encode_queries(encoder, texts: list[str], chunk_size: int = 256) -> np.ndarray:
+def encode_queries(encoder: Encoder, texts: list[str], chunk_size: int = 256) -> np.ndarray:
     """Query vectors in chunks, so a long list never overflows the batcher's bounded queue."""
     parts = [encoder.encode(texts[i : i + chunk_size], "query", truncate=True).vectors
              for i in range(0, len(texts), chunk_size)]
     return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
 
 
-def derived_collection(prefix: str, dataset: str | Path, encoder, *extra) -> str:
+def derived_collection(prefix: str, dataset: str | Path, encoder: Encoder, *extra) -> str:
     """A collection name for (dataset, encoder, extra): reused while they are the same, new otherwise.
 
     The model counts with its revision (its weights' fingerprint), so retraining an adapter in place,
@@ -70,7 +74,7 @@ def derived_collection(prefix: str, dataset: str | Path, encoder, *extra) -> str
 
 def index_corpus(
     docs: Iterable[Document],
-    encoder,
+    encoder: Encoder,
     store: VectorStore,
     collection: str,
     *,

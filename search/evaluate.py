@@ -17,6 +17,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ir_measures
 from ir_measures import RR, R, nDCG
@@ -27,6 +28,9 @@ from indexer.run import collection_info, derived_collection, index_corpus
 from models.interfaces import Encoded, PairScorer, Scored, Side, TextEncoder
 from search.core import Searcher, SearchPlan
 from store import VectorStore
+
+if TYPE_CHECKING:
+    from models.encoder import Encoder
 
 PIPELINES = ("bm25", "dense", "hybrid", "dense+rerank", "hybrid+rerank",
              "dense+rerank+rrf", "hybrid+rerank+rrf")
@@ -70,7 +74,7 @@ class _Once:
         """Nothing of its own: the caller closes the models it passed in."""
 
 
-def evaluate(dataset: str | Path, split: str, encoder, reranker, store: VectorStore, *,
+def evaluate(dataset: str | Path, split: str, encoder: Encoder, reranker: PairScorer | None, store: VectorStore, *,
              collection: str | None = None, pipelines: tuple[str, ...] = PIPELINES,
              max_queries: int | None = None, candidates: int = 100, rerank_depth: int = 20,
              progress: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, Run], dict]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -22,10 +23,13 @@ from indexer.run import derived_collection, encode_queries, index_corpus
 from store import VectorStore, passage_text
 from training.data import load_train, write_negatives
 
+if TYPE_CHECKING:
+    from models.encoder import Encoder
+
 log = logging.getLogger("reprank.train")
 
 
-def mine(dataset: str | Path, encoder, store: VectorStore, output: str | Path, *, limit_queries: int | None = None,
+def mine(dataset: str | Path, encoder: Encoder, store: VectorStore, output: str | Path, *, limit_queries: int | None = None,
          corpus_limit: int | None = None, depth: int = 30, method: str = "dense", seed: int = 0,
          collection: str | None = None, progress: bool = True, exclude: str | None = None) -> dict[str, list[str]]:
     if method not in ("dense", "hybrid"):  # bm25 needs no index: mine_bm25
