@@ -24,9 +24,14 @@ class Encoded:
 
 @dataclass
 class Scored:
-    scores: list[float]  # one per document, in the order given
+    scores: list[float]  # one per document, in the order given, on the reranker's own scale (decides the order)
     tokens: int
     truncated_tokens: int
+    relevance: list[float] | None = None  # the same order in [0, 1] (a logit's sigmoid); None: scores are already
+
+    def __post_init__(self) -> None:
+        if self.relevance is None:
+            self.relevance = list(self.scores)
 
 
 class TextEncoder(Protocol):

@@ -8,6 +8,7 @@ zero-shot, it needs no trained head, and on the Debian set it is what lifts retr
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import Future
 
 import torch
@@ -50,7 +51,15 @@ class Reranker(ModelRuntime):
         """Future of `Scored`; raises InputTooLong or QueueFull before anything is queued."""
         seqs, truncated = self.tokenize(query, documents, truncate)
         tokens = sum(len(s) for s in seqs)
-        return gather(self.batcher.submit(seqs), lambda scores: Scored(list(scores), tokens, truncated))
+        return gather(self.batcher.submit(seqs), lambda scores: Scored(list(scores), tokens, truncated,
+                                                                       self.relevance(scores)))
+
+    def relevance(self, scores: list[float]) -> list[float] | None:
+        """Scores in [0, 1], as Cohere, Jina, TEI and vLLM clients expect: a score head's logit through a
+        sigmoid (as TEI and vLLM serve it); yes/no and likelihood heads are probabilities already (None)."""
+        if self.preset.activation != "none":
+            return None
+        return [1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s)) for s in scores]
 
     def score(self, query: str, documents: list[str], truncate: bool = True) -> Scored:
         return self.submit(query, documents, truncate).result()

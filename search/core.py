@@ -40,7 +40,7 @@ class SearchPlan:
 class Ranked:
     hit: Hit
     score: float  # the one that decided the order: fused, rerank or (below the head) retrieval
-    rerank_score: float | None = None
+    rerank_score: float | None = None  # the reranker's relevance in [0, 1] (Scored.relevance)
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Searcher:
             with self._stage("rerank", out.timings_ms):
                 scored = await self.reranker.rerank(query, [passage_text(h.document) for h in head], True)
             final = final_scores(scored.scores, plan.fusion)
-            out.results[:depth] = [Ranked(head[i], final[i], scored.scores[i]) for i in order(final)]
+            out.results[:depth] = [Ranked(head[i], final[i], scored.relevance[i]) for i in order(final)]
             out.reranked = True
             out.rerank_tokens = scored.tokens
             out.truncated_tokens += scored.truncated_tokens

@@ -53,7 +53,7 @@ class _Once:
     def __init__(self, encoder: TextEncoder, reranker: PairScorer | None):
         self.encoder, self.reranker = encoder, reranker
         self.vectors: dict[tuple, Encoded] = {}
-        self.scores: dict[tuple[str, str], float] = {}
+        self.scores: dict[tuple[str, str], tuple[float, float]] = {}  # (query, passage) -> (score, relevance)
 
     async def embed(self, texts: list[str], side: Side, truncate: bool) -> Encoded:
         key = (side, truncate, *texts)
@@ -66,9 +66,11 @@ class _Once:
         tokens = truncated = 0
         if new:
             scored = await self.reranker.rerank(query, new, truncate)
-            self.scores.update(((query, d), s) for d, s in zip(new, scored.scores, strict=True))
+            self.scores.update(((query, d), pair) for d, pair in zip(new, zip(scored.scores, scored.relevance,
+                                                                                strict=True), strict=True))
             tokens, truncated = scored.tokens, scored.truncated_tokens
-        return Scored([self.scores[(query, d)] for d in documents], tokens, truncated)
+        pairs = [self.scores[(query, d)] for d in documents]
+        return Scored([s for s, _ in pairs], tokens, truncated, [r for _, r in pairs])
 
     async def aclose(self) -> None:
         """Nothing of its own: the caller closes the models it passed in."""

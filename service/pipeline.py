@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from models.interfaces import Encoded, Scored
+from models.interfaces import Encoded, Scored, Side
 from search.core import Searcher, SearchPlan
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -22,6 +22,11 @@ from store.layout import check_name
 def require_text(value: str, what: str) -> None:
     if not value.strip():
         raise ApiError(400, f"{what} is empty", "invalid_request")
+
+
+def check_model(requested: str | None, served: set[str], task: str) -> None:
+    if requested is not None and requested not in served:
+        raise ApiError(404, f"{task} model {requested!r} is not served here; see GET /v1/models", "not_found")
 
 
 class Pipeline:
@@ -44,14 +49,32 @@ class Pipeline:
     def cards(self) -> list[ModelCard]:
         return [m.card() for m in (self.encoder, self.reranker) if m is not None]
 
-    async def embed(self, texts: list[str], side: str, truncate: bool) -> Encoded:
+    async def embed(self, texts: list[str], side: Side, truncate: bool, model: str | None = None) -> Encoded:
+        """The one embedding operation every API family's route adapts: checked, then encoded."""
         if self.encoder is None:
             raise ApiError(404, "this worker serves no embedding model", "not_found")
+        check_model(model, self.model_ids["embedding"], "embedding")
+        if not texts:
+            raise ApiError(400, "input is empty", "invalid_request")
+        if len(texts) > self.settings.max_inputs:
+            raise ApiError(413, f"{len(texts)} inputs is over the limit of {self.settings.max_inputs}", "too_large")
+        for i, t in enumerate(texts):
+            require_text(t, f"input[{i}]")
         return await self.encoder.embed(texts, side, truncate)
 
-    async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored:
+    async def rerank(self, query: str, documents: list[str], truncate: bool, model: str | None = None) -> Scored:
+        """The one rerank operation every API family's route adapts: checked, then scored."""
         if self.reranker is None:
             raise ApiError(400, "this server was started without a reranker", "invalid_request")
+        check_model(model, self.model_ids["rerank"], "rerank")
+        require_text(query, "query")
+        if not documents:
+            raise ApiError(400, "documents is empty", "invalid_request")
+        if len(documents) > self.settings.max_documents:
+            raise ApiError(413, f"{len(documents)} documents is over the limit of {self.settings.max_documents}",
+                           "too_large")
+        for i, d in enumerate(documents):
+            require_text(d, f"documents[{i}]")
         return await self.reranker.rerank(query, documents, truncate)
 
     async def aclose(self) -> None:

@@ -165,7 +165,7 @@ class RemoteModel:
         for r in body["results"]:
             scores[r["index"]] = float(r["relevance_score"])
         usage = body.get("usage") or {}
-        return Scored(scores, usage.get("prompt_tokens", usage.get("total_tokens", 0)),
+        return Scored(scores, usage.get("prompt_tokens", usage.get("total_tokens", 0)),  # relevance: in [0, 1]
                       usage.get("truncated_tokens", 0))
 
     async def aclose(self) -> None:

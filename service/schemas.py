@@ -25,7 +25,9 @@ def _check_unicode(value: Any) -> None:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    """A field the server does not know is refused (422), never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     @model_validator(mode="before")
     @classmethod
@@ -35,12 +37,20 @@ class _Request(BaseModel):
 
 
 class EmbeddingsRequest(_Request):
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="texts; token ids (which OpenAI's API also takes) are refused with 400: they are another "
+        "tokenizer's")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="must equal the encoder's dimensions (400 otherwise): "
+                                   "no served model is trained for truncated vectors")
     input_type: Literal["query", "passage"] = "passage"
     truncate: bool = Field(False, description="cut inputs over the model's max length instead of answering 413")
-    user: str | None = None
+    user: str | None = Field(None, description="accepted for OpenAI compatibility; used for nothing")
+
+    def token_ids(self) -> bool:
+        items = [self.input] if isinstance(self.input, str) else self.input
+        return any(not isinstance(x, str) for x in items)
 
 
 class Embedding(BaseModel):
@@ -74,6 +84,8 @@ class RerankRequest(_Request):
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
     truncate: bool = Field(False, description="cut documents over the model's max length instead of 413")
+    raw_scores: bool = Field(False, description="also return each result's raw_score, on the reranker's own "
+                             "scale (a score head's logit); relevance_score is always in [0, 1]")
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
@@ -81,15 +93,18 @@ class RerankRequest(_Request):
 
 class RerankResult(BaseModel):
     index: int
-    relevance_score: float
+    relevance_score: float  # in [0, 1]
+    raw_score: float | None = None  # with raw_scores: true
     document: RerankDocument | None = None
 
 
 class RerankResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
+    id: str  # Cohere's v1 response names one
     model: str
     results: list[RerankResult]
     usage: Usage
+    meta: dict[str, Any]  # Cohere's: api_version, billed_units
 
 
 class SearchRequest(_Request):

@@ -1,0 +1,13 @@
+"""The HTTP routes, one module per API family: native (search, models, health), OpenAI (embeddings),
+Cohere (rerank and embed, v1 and v2). Each is a thin shape adapter over the one implementation of
+its operation in service.pipeline.Pipeline."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.routes import cohere, native, openai
+
+router = APIRouter()
+for family in (native, openai, cohere):
+    router.include_router(family.router)

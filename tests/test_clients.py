@@ -1,0 +1,114 @@
+"""Real client libraries, used as their own docs show, against a real `reprank serve` on 127.0.0.1
+with the bundled models (the trained SmolLM2 encoder and score-head reranker) on a small hand-made
+set: each asserts real results (counts, unit norms, the relevant document first), not just a 200."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import httpx
+import numpy as np
+import pytest
+from helpers import Server, assert_error, post
+
+pytestmark = pytest.mark.slow  # the bundled 135M models
+
+DOCS = [
+    "cdrecord writes audio and data CDs and DVDs from the command line",
+    "PyYAML is a YAML parser and emitter for Python",
+    "nginx is a small, fast web server and reverse proxy",
+    "zstd compresses files quickly with the Zstandard algorithm",
+]
+QUERY = "burn a DVD"  # DOCS[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(["--data-dir", str(tmp_path_factory.mktemp("data"))], timeout=300)
+    yield srv
+    srv.stop()
+
+
+def unit(vectors) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float64)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-3)
+    return v
+
+
+def nearest(query_vec, doc_vecs) -> int:
+    return int(np.argmax(np.asarray(doc_vecs) @ np.asarray(query_vec)))
+
+
+def test_cohere_v2_rerank_and_embed(server):
+    import cohere
+
+    co = cohere.ClientV2(api_key="unused", base_url=server.url)
+    ranked = co.rerank(model="smollm2-rankllama-trained", query=QUERY, documents=DOCS, top_n=3)
+    assert [r.index for r in ranked.results][0] == 0 and len(ranked.results) == 3
+    scores = [r.relevance_score for r in ranked.results]
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
+    assert ranked.meta.billed_units.search_units == 1
+
+    docs = co.embed(model="smollm2-retriever", input_type="search_document", texts=DOCS,
+                    embedding_types=["float", "base64", "ubinary"])
+    query = co.embed(model="smollm2-retriever", input_type="search_query", texts=[QUERY], embedding_types=["float"])
+    doc_vecs = unit(docs.embeddings.float_)
+    assert nearest(unit(query.embeddings.float_)[0], doc_vecs) == 0
+    decoded = np.frombuffer(base64.b64decode(docs.embeddings.base64[0]), dtype="<f4")
+    assert np.allclose(decoded, doc_vecs[0], atol=1e-6)
+    assert np.array_equal(np.unpackbits(np.asarray(docs.embeddings.ubinary[0], dtype=np.uint8)),
+                          (doc_vecs[0] > 0).astype(np.uint8))
+    as_passage = co.embed(model="smollm2-retriever", input_type="search_document", texts=[QUERY],
+                          embedding_types=["float"])
+    assert not np.allclose(as_passage.embeddings.float_[0], query.embeddings.float_[0])  # two sides, two prompts
+
+
+def test_cohere_v1_client(server):
+    import cohere
+
+    co = cohere.Client(api_key="unused", base_url=server.url)
+    ranked = co.rerank(model="smollm2-rankllama-trained", query=QUERY, documents=DOCS, return_documents=True)
+    assert ranked.results[0].index == 0 and ranked.results[0].document.text == DOCS[0]
+    assert all(0.0 <= r.relevance_score <= 1.0 for r in ranked.results)
+    emb = co.embed(model="smollm2-retriever", input_type="search_document", texts=DOCS)
+    assert len(unit(emb.embeddings)) == len(DOCS)
+
+
+def test_openai_sync_async_and_models_retrieve(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    out = client.embeddings.create(model="smollm2-retriever", input=DOCS)
+    assert len(unit([d.embedding for d in out.data])) == len(DOCS)  # the client's default asks base64
+    assert client.models.retrieve("smollm2-retriever").id == "smollm2-retriever"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("text-embedding-3-small")
+    with pytest.raises(openai.BadRequestError, match="dimensions 64"):
+        client.embeddings.create(model="smollm2-retriever", input=DOCS, dimensions=64)
+
+    async def embed_async():
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused") as aclient:
+            return await aclient.embeddings.create(model="smollm2-retriever", input=[QUERY], encoding_format="float")
+
+    assert len(asyncio.run(embed_async()).data[0].embedding) == 576
+
+
+def test_relevance_in_unit_range_raw_on_request_and_fields_never_dropped(server):
+    r = post(server, "/v1/rerank", {"query": QUERY, "documents": DOCS, "raw_scores": True})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert results[0]["index"] == 0
+    for x in results:  # the score head's logit, and its sigmoid as the relevance
+        assert x["relevance_score"] == pytest.approx(1 / (1 + np.exp(-x["raw_score"])), rel=1e-6)
+    assert min(x["raw_score"] for x in results) < 0  # a raw logit indeed
+    search = post(server, "/v1/search", {"query": QUERY, "collection": "nope"})
+    assert_error(search, 404)
+    assert "token ids" in assert_error(post(server, "/v1/embeddings", {"input": [[1, 2, 3]]}), 400)["message"]
+    assert "check_embedding_ctx_length=False" in post(server, "/v1/embeddings", {"input": [5, 6]}).json()["error"]["message"]
+    assert_error(post(server, "/v1/embeddings", {"input": "x", "dimension": 64}), 422)  # a typo is refused
+    assert_error(post(server, "/v2/rerank", {"query": "q", "documents": ["d"], "priority": 1}), 400)
+    assert_error(post(server, "/v2/embed", {"texts": ["x"], "input_type": "search_query",
+                                            "embedding_types": ["int8"]}), 400)
+    assert_error(post(server, "/v2/embed", {"texts": ["x"]}), 400)  # input_type is required
+    assert httpx.get(server.url + "/v1/models/smollm2-rankllama-trained").json()["task"] == "rerank"
