@@ -25,9 +25,21 @@ def body(status: int, message: str, type_: str) -> dict:
     return {"error": {"message": message, "type": type_, "code": status}}
 
 
-def error_response(status: int, message: str, type_: str, headers: dict | None = None) -> JSONResponse:
-    """The one error body as a response: for handlers, routes and the ASGI middlewares alike."""
-    return JSONResponse(body(status, message, type_), status, headers=headers)
+# TEI clients read TEI's own error body on TEI's paths (service/routes/tei.py)
+TEI_PATHS = frozenset({"/", "/embed", "/rerank", "/predict", "/info", "/health"})
+_TEI_TYPES = {429: "Overloaded", 503: "Unhealthy", 504: "Backend", 500: "Backend"}
+
+
+def tei_body(status: int, message: str) -> dict:
+    return {"error": message, "error_type": _TEI_TYPES.get(status, "Validation")}
+
+
+def error_response(status: int, message: str, type_: str, headers: dict | None = None,
+                   path: str | None = None) -> JSONResponse:
+    """The one error body as a response, for handlers, routes and the ASGI middlewares alike; on a TEI
+    path (`path`: the request's), TEI's {"error", "error_type"} with the same status and message."""
+    content = tei_body(status, message) if path in TEI_PATHS else body(status, message, type_)
+    return JSONResponse(content, status, headers=headers)
 
 
 def as_api_error(exc: Exception) -> ApiError | None:
@@ -53,26 +65,26 @@ _STATUS_TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_req: Request, exc: RequestValidationError):
+    async def _invalid(req: Request, exc: RequestValidationError):
         parts = []
         for e in exc.errors()[:5]:
             loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
             parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-        return error_response(422, "; ".join(parts) or "invalid request", "invalid_request")
+        return error_response(422, "; ".join(parts) or "invalid request", "invalid_request", path=req.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException):
+    async def _http(req: Request, exc: StarletteHTTPException):
         kind = _STATUS_TYPES.get(exc.status_code, "error")
-        return error_response(exc.status_code, str(exc.detail), kind, exc.headers)
+        return error_response(exc.status_code, str(exc.detail), kind, exc.headers, req.url.path)
 
-    async def _known(_req: Request, exc: Exception):
+    async def _known(req: Request, exc: Exception):
         err = as_api_error(exc)
-        return error_response(err.status, err.message, err.type, err.headers)
+        return error_response(err.status, err.message, err.type, err.headers, req.url.path)
 
     for cls in (ApiError, InputTooLong, QueueFull, CollectionNotFound, StoreMismatch, StoreUnavailable, StoreLocked):
         app.add_exception_handler(cls, _known)
 
     @app.exception_handler(Exception)
-    async def _bug(_req: Request, exc: Exception):
+    async def _bug(req: Request, exc: Exception):
         log.error("internal error", exc_info=exc)
-        return error_response(500, "internal error", "internal_error")
+        return error_response(500, "internal error", "internal_error", path=req.url.path)

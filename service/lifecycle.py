@@ -55,7 +55,7 @@ class RequestLifecycle:
             return
         timeout = requested_timeout(scope, self.request_timeout)
         if isinstance(timeout, str):
-            await error_response(422, timeout, "invalid_request")(scope, receive, send)
+            await error_response(422, timeout, "invalid_request", path=scope["path"])(scope, receive, send)
             return
         body_read = asyncio.Event()
         started = False
@@ -96,7 +96,7 @@ class RequestLifecycle:
             log.info("%s %s: client disconnected, request dropped", scope["method"], scope["path"])
             await error_response(499, "client closed the request", "client_closed")(scope, receive, send)
         else:
-            await error_response(504, f"request deadline of {timeout:g} s passed", "timeout")(scope, receive, send)
+            await error_response(504, f"request deadline of {timeout:g} s passed", "timeout", path=scope["path"])(scope, receive, send)
 
 
 class DrainingServer:

@@ -22,7 +22,7 @@ class LocalModel:
             id=model_arg, task=task, preset=runtime.preset.name, source=runtime.model.source,
             revision=model_revision(runtime.model.source),
             dimensions=getattr(runtime, "dim", None) if task == "embedding" else None,
-            max_length=runtime.preset.max_length)
+            max_length=runtime.preset.max_length, pooling=_pooling(runtime) if task == "embedding" else None)
 
     def card(self) -> ModelCard:
         return self._card
@@ -45,6 +45,11 @@ class LocalModel:
 
     async def aclose(self) -> None:
         await self.runtime.aclose()
+
+
+def _pooling(runtime: ModelRuntime) -> str:
+    n = runtime.preset.pool_last
+    return "mean" if n == 0 else "last_token" if n == 1 else f"mean_last_{n}"
 
 
 def load_local(settings: Settings, metrics: Metrics) -> tuple[LocalModel | None, LocalModel | None]:

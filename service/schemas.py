@@ -159,6 +159,7 @@ class ModelCard(BaseModel):
     revision: str | None = None  # fingerprint of the weights (models.loading.model_revision)
     dimensions: int | None = None
     max_length: int
+    pooling: str | None = None  # an encoder's: "last_token", "mean", or "mean_last_N" (LLaRA's N special tokens)
 
 
 class ModelList(BaseModel):
@@ -178,10 +179,17 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def error_responses(*statuses: int) -> dict:
-    """OpenAPI `responses=` for a route's documented error statuses, all with the one error body."""
+class TeiErrorBody(BaseModel):
+    """TEI's error body, on TEI's paths (service/routes/tei.py)."""
+
+    error: str
+    error_type: Literal["Validation", "Overloaded", "Unhealthy", "Backend", "Tokenizer"]
+
+
+def error_responses(*statuses: int, body: type[BaseModel] = ErrorBody) -> dict:
+    """OpenAPI `responses=` for a route's documented error statuses, all with one error body."""
     why = {400: "empty input", 401: "missing or invalid API key", 404: "unknown collection or model",
            413: "too large: body, inputs, documents or an input over the max length", 422: "invalid request",
            429: "queue full; see Retry-After", 503: "not ready, or a dependency is down; see Retry-After",
            504: "the request's deadline passed"}
-    return {s: {"model": ErrorBody, "description": why[s]} for s in statuses}
+    return {s: {"model": body, "description": why[s]} for s in statuses}

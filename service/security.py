@@ -84,7 +84,7 @@ class RequireApiKey:
             await self.app(scope, receive, send)
             return
         message = "a valid API key is required: send 'Authorization: Bearer <key>' (or an 'x-api-key' header)"
-        await error_response(401, message, "unauthorized", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        await error_response(401, message, "unauthorized", {"WWW-Authenticate": "Bearer"}, scope["path"])(scope, receive, send)
 
 
 class LimitBody:
@@ -100,7 +100,7 @@ class LimitBody:
         message = f"request body is over the limit of {self.max_bytes} bytes"
         length = dict(scope.get("headers", ())).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            await error_response(413, message, "too_large")(scope, receive, send)
+            await error_response(413, message, "too_large", path=scope["path"])(scope, receive, send)
             return
         seen = 0
 

@@ -112,3 +112,33 @@ def test_relevance_in_unit_range_raw_on_request_and_fields_never_dropped(server)
                                             "embedding_types": ["int8"]}), 400)
     assert_error(post(server, "/v2/embed", {"texts": ["x"]}), 400)  # input_type is required
     assert httpx.get(server.url + "/v1/models/smollm2-rankllama-trained").json()["task"] == "rerank"
+
+
+def test_huggingface_hub_inference_client_and_tei_routes(server):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=server.url)
+    docs = client.feature_extraction(DOCS[0])  # POST / with {"inputs": ...}, as TEI serves it
+    assert docs.shape == (1, 576) and np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-3)
+    query = client.feature_extraction(QUERY, prompt_name="query")
+    vecs = np.asarray(httpx.post(server.url + "/embed", json={"inputs": DOCS}, timeout=60).json())
+    assert nearest(query[0], vecs) == 0 and np.allclose(vecs[0], docs[0], atol=1e-5)
+
+    ranks = httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True}).json()
+    assert ranks[0]["index"] == 0 and ranks[0]["text"] == DOCS[0] and all(0 <= r["score"] <= 1 for r in ranks)
+    raw = httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True}).json()
+    assert [r["index"] for r in raw] == [r["index"] for r in ranks] and min(r["score"] for r in raw) < 0
+    pairs = httpx.post(server.url + "/predict", json={"inputs": [[QUERY, d] for d in DOCS]}).json()
+    assert [p[0]["score"] for p in pairs] == pytest.approx([r["score"] for r in sorted(ranks, key=lambda r: r["index"])],
+                                                           abs=1e-5)
+    info = httpx.get(server.url + "/info").json()
+    card = httpx.get(server.url + "/v1/models/smollm2-retriever").json()
+    assert info["model_type"] == {"embedding": {"pooling": "mean_last_8"}}  # LLaRA's 8 special tokens
+    assert (info["model_id"], info["max_input_length"]) == (card["id"], card["max_length"])
+    assert httpx.get(server.url + "/health").status_code == 200
+
+    err = httpx.post(server.url + "/embed", json={"inputs": "x", "truncation_direction": "Left"})
+    assert err.status_code == 400 and set(err.json()) == {"error", "error_type"}  # TEI's error body
+    err = httpx.post(server.url + "/embed", json={"inputs": "word " * 3000})
+    assert err.status_code == 413 and err.json()["error_type"] == "Validation"
+    assert httpx.post(server.url + "/", json={"inputs": 5}).json()["error_type"] == "Validation"

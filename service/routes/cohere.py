@@ -110,7 +110,7 @@ async def rerank_v2(req: RerankV2Request, request: Request) -> RerankV2Response:
 # -- embed
 
 
-class EmbedRequest(_Request):
+class CohereEmbedRequest(_Request):
     model: str | None = None
     input_type: Literal["search_query", "search_document", "classification", "clustering", "image"] | None = None
     texts: list[str] | None = None
@@ -140,7 +140,7 @@ def _embeddings(vectors: np.ndarray, kinds: list[str]) -> dict[str, list]:
     return out
 
 
-async def _embed(req: EmbedRequest, request: Request, version: str) -> dict[str, Any]:
+async def _embed(req: CohereEmbedRequest, request: Request, version: str) -> dict[str, Any]:
     p = pipeline(request)
     if req.images or req.inputs or req.input_type == "image":
         raise _refuse("images" if req.images or req.input_type == "image" else "inputs", "pass texts to a text model")
@@ -166,12 +166,12 @@ async def _embed(req: EmbedRequest, request: Request, version: str) -> dict[str,
 
 
 @router.post("/v1/embed", responses=MODEL_ERRORS)
-async def embed_v1(req: EmbedRequest, request: Request) -> dict[str, Any]:
+async def embed_v1(req: CohereEmbedRequest, request: Request) -> dict[str, Any]:
     """Cohere v1 (cohere.Client.embed): floats unless embedding_types names others."""
     return await _embed(req, request, "1")
 
 
 @router.post("/v2/embed", responses=MODEL_ERRORS)
-async def embed_v2(req: EmbedRequest, request: Request) -> dict[str, Any]:
+async def embed_v2(req: CohereEmbedRequest, request: Request) -> dict[str, Any]:
     """Cohere v2 (cohere.ClientV2.embed, LangChain's CohereEmbeddings): embeddings by type."""
     return await _embed(req, request, "2")
