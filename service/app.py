@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from service import errors
+from service import docs, errors
 from service.lifecycle import RequestLifecycle
 from service.metrics import Metrics
 from service.pipeline import Pipeline
@@ -67,8 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if metrics_server:
             metrics_server.shutdown()
 
-    app = FastAPI(title="reprank", version="0.1.0", lifespan=lifespan,
-                  description="LLM retrieval and reranking: OpenAI embeddings, Cohere rerank, search")
+    app = FastAPI(title="reprank", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="LLM retrieval and reranking: OpenAI embeddings, Cohere rerank and embed, TEI, search")
+    docs.install(app)  # from local files: no CDN
     app.state.settings = settings
     app.state.metrics = metrics
     errors.install(app)

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import error_response
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PREFIXES = ("/docs-assets/",)  # the API reference's own scripts and styles (service/docs.py)
 KEY_HEADERS = (b"api-key", b"x-api-key")
 
 # Set before any Hugging Face library reads its configuration: models load from local disk only,
@@ -80,7 +81,9 @@ class RequireApiKey:
         return any(hmac.compare_digest(d, known) for known in self.digests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC or self.allowed(presented_key(scope)):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in PUBLIC or path.startswith(PUBLIC_PREFIXES) or self.allowed(
+                presented_key(scope)):
             await self.app(scope, receive, send)
             return
         message = "a valid API key is required: send 'Authorization: Bearer <key>' (or an 'x-api-key' header)"

@@ -16,7 +16,7 @@ from service.errors import ApiError
 from service.routes.common import MODEL_ERRORS, as_base64, as_floats, best_first, check_dimensions, pipeline
 from service.schemas import RerankDocument, RerankRequest, RerankResponse, RerankResult, Usage, _Request
 
-router = APIRouter()
+router = APIRouter(tags=["Cohere"])
 
 # Cohere's input types onto the encoder's two sides. Classification and clustering embed a text for
 # itself, not as a question about other texts: the passage side, which both sides of a pair share.

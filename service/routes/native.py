@@ -9,7 +9,7 @@ from service.errors import ApiError, error_response
 from service.routes.common import MODEL_ERRORS, pipeline
 from service.schemas import ModelCard, ModelList, SearchRequest, SearchResponse, error_responses
 
-router = APIRouter()
+router = APIRouter(tags=["reprank"])
 
 
 @router.post("/v1/search", response_model=SearchResponse, responses=MODEL_ERRORS)

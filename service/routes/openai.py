@@ -8,7 +8,7 @@ from service.errors import ApiError
 from service.routes.common import MODEL_ERRORS, as_base64, as_floats, check_dimensions, pipeline
 from service.schemas import Embedding, EmbeddingsRequest, EmbeddingsResponse, Usage
 
-router = APIRouter()
+router = APIRouter(tags=["OpenAI"])
 
 TOKEN_IDS = ("input is token ids: this server encodes text with its own tokenizer, not tiktoken's. "
              "Send the texts themselves; with LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)")

@@ -15,7 +15,7 @@ from service.errors import ApiError
 from service.routes.common import as_floats, best_first, check_dimensions, pipeline
 from service.schemas import TeiErrorBody, _Request, error_responses
 
-router = APIRouter()
+router = APIRouter(tags=["TEI"])
 TEI_ERRORS = error_responses(400, 401, 404, 413, 422, 429, 503, 504, body=TeiErrorBody)
 SIDES = {None: "passage", "passage": "passage", "document": "passage", "query": "query"}
 
