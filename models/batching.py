@@ -12,6 +12,7 @@ passes) is dropped there, so it costs no model time.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -20,9 +21,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from models.errors import QueueFull
+from models.errors import DeadlineTooShort, QueueFull
 
 log = logging.getLogger(__name__)
+
+# When the current request must be answered (time.monotonic()), set by the service per request: a
+# request whose work cannot finish by then is refused at admission instead of timing out later.
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("reprank_deadline", default=None)
+MEASURED_ENOUGH = 4096  # padded tokens run before the measured rate is trusted (warm-up batches are tiny)
 
 
 @dataclass
@@ -47,6 +53,7 @@ class TokenBatcher:
         max_batch_tokens: int = 16384,
         max_batch_size: int = 128,
         max_queue_tokens: int = 1_000_000,
+        deadline_admission: bool = True,
         wait_ms: float = 2.0,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "batcher",
@@ -55,6 +62,7 @@ class TokenBatcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queue_tokens = max_queue_tokens
+        self.deadline_admission = deadline_admission
         self._wait = wait_ms / 1000
         self._on_batch = on_batch
         self._queue: list[_Item] = []
@@ -64,6 +72,7 @@ class TokenBatcher:
         self._closed = False
         self.dropped = 0  # sequences whose future was cancelled before their batch ran
         self._tokens_per_s: float | None = None  # measured drain rate (moving average of padded tokens/s)
+        self._measured = 0  # padded tokens behind that rate
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -94,11 +103,35 @@ class TokenBatcher:
                     f"queue full: {pending} tokens pending, limit {self.max_queue_tokens}",
                     retry_after=self._drain_seconds(),
                 )
+            self._check_deadline(seqs, tokens, pending)
             items = [_Item(s, Future()) for s in seqs]  # not copied: a reranker's carry their scored span
             self._queue.extend(items)
             self._queued_tokens += tokens
             self._cond.notify()
         return [it.future for it in items]
+
+    def _check_deadline(self, seqs: list[list[int]], tokens: int, pending: int) -> None:
+        """Refuse work that would finish after the request's deadline, at the measured rate: 413 when
+        the request alone is too big for it (with how many of its items would fit), 429 when only the
+        work queued ahead is in the way."""
+        deadline, rate = DEADLINE.get(), self._tokens_per_s
+        if not self.deadline_admission or deadline is None or rate is None or self._measured < MEASURED_ENOUGH:
+            return
+        left = deadline - time.monotonic()
+        own, ahead = tokens / rate, pending / rate
+        if own > left:
+            fits, spent = 0, 0
+            while fits < len(seqs) and (spent + len(seqs[fits])) / rate <= left:
+                spent += len(seqs[fits])
+                fits += 1
+            raise DeadlineTooShort(
+                f"this request's {tokens} tokens take about {own:.1f} s at the measured {rate:.0f} tokens/s, "
+                f"more than the {max(left, 0):.1f} s left before its deadline: the first {fits} of its "
+                f"{len(seqs)} items would fit; send fewer per request, or allow more time (X-Request-Timeout)",
+                fits)
+        if own + ahead > left:
+            raise QueueFull(f"the {pending} tokens queued ahead would take this request past its deadline "
+                            f"({own + ahead:.1f} s needed, {left:.1f} s left)", retry_after=ahead)
 
     def _drain_seconds(self) -> float:
         """Retry-After for a refused request: how long the pending tokens take at the measured rate."""
@@ -175,6 +208,7 @@ class TokenBatcher:
         stats = BatchStats(len(batch), sum(lengths), len(batch) * max(lengths), time.perf_counter() - start)
         rate = stats.padded_tokens / max(stats.seconds, 1e-6)
         self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
+        self._measured += stats.padded_tokens
         if self._on_batch:
             try:
                 self._on_batch(stats)

@@ -9,6 +9,15 @@ class InputTooLong(Exception):
     """An input over the model's max length when the caller did not allow truncation (413)."""
 
 
+class DeadlineTooShort(Exception):
+    """The request's own work, at the measured rate, takes longer than its deadline allows, even with
+    nothing queued ahead of it (413: a retry cannot fix it; `fits` items would)."""
+
+    def __init__(self, message: str, fits: int):
+        super().__init__(message)
+        self.fits = fits
+
+
 class QueueFull(Exception):
     """The batcher's bounded queue cannot take the request now (429 with Retry-After)."""
 

@@ -59,6 +59,7 @@ class ModelRuntime:
         max_batch_tokens: int = 16384,
         max_batch_size: int = 128,
         max_queue_tokens: int = 1_000_000,
+        deadline_admission: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "model",
         packed: bool | None = None,
@@ -80,6 +81,7 @@ class ModelRuntime:
             max_batch_tokens=max_batch_tokens,
             max_batch_size=max_batch_size,
             max_queue_tokens=max_queue_tokens,
+            deadline_admission=deadline_admission,
             on_batch=on_batch,
             name=name,
         )

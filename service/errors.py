@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.errors import InputTooLong, QueueFull
+from models.errors import DeadlineTooShort, InputTooLong, QueueFull
 from store import CollectionNotFound, StoreLocked, StoreMismatch, StoreUnavailable
 
 log = logging.getLogger("reprank")
@@ -42,12 +42,17 @@ def error_response(status: int, message: str, type_: str, headers: dict | None =
     return JSONResponse(content, status, headers=headers)
 
 
+NO_RETRY = {"x-should-retry": "false"}  # the openai client's header: the same request again fails the same way
+
+
 def as_api_error(exc: Exception) -> ApiError | None:
     """The documented status for an error raised below the routes, or None for a bug (500)."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, InputTooLong):
         return ApiError(413, str(exc), "input_too_long")
+    if isinstance(exc, DeadlineTooShort):
+        return ApiError(413, str(exc), "too_large", NO_RETRY)
     if isinstance(exc, QueueFull):
         return ApiError(429, str(exc), "overloaded", {"Retry-After": str(max(1, round(exc.retry_after)))})
     if isinstance(exc, CollectionNotFound):
@@ -81,7 +86,8 @@ def install(app: FastAPI) -> None:
         err = as_api_error(exc)
         return error_response(err.status, err.message, err.type, err.headers, req.url.path)
 
-    for cls in (ApiError, InputTooLong, QueueFull, CollectionNotFound, StoreMismatch, StoreUnavailable, StoreLocked):
+    for cls in (ApiError, InputTooLong, DeadlineTooShort, QueueFull, CollectionNotFound, StoreMismatch, StoreUnavailable,
+                StoreLocked):
         app.add_exception_handler(cls, _known)
 
     @app.exception_handler(Exception)

@@ -22,7 +22,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from models.batching import DEADLINE
+from service.errors import NO_RETRY, error_response
 
 log = logging.getLogger("reprank")
 
@@ -77,6 +78,7 @@ class RequestLifecycle:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
+        DEADLINE.set(time.monotonic() + timeout)  # copied into the handler's task: the batcher reads it
         handler = asyncio.ensure_future(self.app(scope, receive_body, send_started))
         watcher = asyncio.ensure_future(client_gone())
         try:
@@ -96,7 +98,8 @@ class RequestLifecycle:
             log.info("%s %s: client disconnected, request dropped", scope["method"], scope["path"])
             await error_response(499, "client closed the request", "client_closed")(scope, receive, send)
         else:
-            await error_response(504, f"request deadline of {timeout:g} s passed", "timeout", path=scope["path"])(scope, receive, send)
+            await error_response(504, f"request deadline of {timeout:g} s passed", "timeout", NO_RETRY,
+                                 scope["path"])(scope, receive, send)
 
 
 class DrainingServer:

@@ -58,7 +58,7 @@ def load_local(settings: Settings, metrics: Metrics) -> tuple[LocalModel | None,
 
     def start(opener, name: str, preset: str | None, task: Task, warm_up) -> LocalModel:
         runtime = opener(name, preset, on_batch=metrics.on_batch(name), max_queue_tokens=settings.max_queue_tokens,
-                         **settings.model_kwargs())
+                         deadline_admission=settings.deadline_admission, **settings.model_kwargs())
         if settings.warmup:
             warm_up(runtime)
         metrics.watch_queue(name, runtime.batcher)

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int | None = Field(None, description="padded tokens per forward pass; auto: 2048 on cpu, 16384 on gpu")
     max_batch_size: int = Field(64, description="sequences per forward pass")
     max_queue_tokens: int = Field(262_144, description="beyond this, requests get 429")
+    deadline_admission: bool = Field(True, description="refuse at once work that cannot finish by the request's "
+                                     "deadline at the measured rate (413, or 429 when the queue ahead is the cause) "
+                                     "instead of running it into a 504")
     max_inputs: int = Field(1024, description="texts per /v1/embeddings call")
     max_documents: int = Field(1000, description="documents per /v1/rerank call")
     max_top_k: int = Field(100, description="largest top_k a search may ask")

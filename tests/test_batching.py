@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.batching import BatchStats, TokenBatcher, gather
-from models.errors import QueueFull
+from models.batching import DEADLINE, BatchStats, TokenBatcher, gather
+from models.errors import DeadlineTooShort, QueueFull
 
 BLOCK = -1  # a token that makes the fake run wait on a gate
 POISON = -2  # a token that makes the fake run raise
@@ -424,6 +424,43 @@ def test_retry_after_is_the_measured_drain_time():
         with pytest.raises(QueueFull) as refused:
             b.submit([seq(10, 200)])
         assert 2 < refused.value.retry_after < 30  # slower on a loaded machine, never the default 1 s
+    finally:
+        gate.set()
+        b.close()
+
+
+def test_work_that_cannot_meet_its_deadline_is_refused_at_admission():
+    """At the measured rate (2,000 tokens/s here), a request too big for its deadline is 413-shaped
+    (DeadlineTooShort, with how many items fit) and one blocked only by the work ahead is QueueFull."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(seqs):  # 100 padded tokens take 50 ms
+        if seqs[0][0] == BLOCK:
+            entered.set()
+            assert gate.wait(TIMEOUT)
+        elif not gate.is_set():
+            threading.Event().wait(0.05 * len(seqs) * max(map(len, seqs)) / 100)
+        return [0] * len(seqs)
+
+    b = TokenBatcher(run, max_batch_tokens=500, max_batch_size=100, max_queue_tokens=100_000, wait_ms=0)
+    try:
+        b.submit([seq(1, 100)] * 50)[0].result(TIMEOUT)  # 5,000 tokens measured
+        for f in b.submit([seq(1, 100)] * 50):
+            f.result(TIMEOUT)
+        token = DEADLINE.set(time.monotonic() + 1.0)  # about 2,000 tokens fit in a second
+        try:
+            with pytest.raises(DeadlineTooShort) as too_big:
+                b.submit([seq(2, 100)] * 60)  # 6,000 tokens: about 3 s
+            assert 5 <= too_big.value.fits <= 20 and "would fit" in str(too_big.value)
+            assert len(b.submit([seq(3, 100)] * 3)) == 3  # 0.15 s: admitted
+            b.submit([[BLOCK]])
+            assert entered.wait(TIMEOUT)
+            b.submit([seq(4, 100)] * 16)  # 1,600 tokens queued ahead: 0.8 s
+            with pytest.raises(QueueFull, match="past its deadline"):
+                b.submit([seq(5, 100)] * 5)  # fits alone, not behind them
+        finally:
+            DEADLINE.reset(token)
+        assert len(b.submit([seq(6, 100)] * 60)) == 60  # no deadline: no estimate
     finally:
         gate.set()
         b.close()

@@ -142,3 +142,31 @@ def test_huggingface_hub_inference_client_and_tei_routes(server):
     err = httpx.post(server.url + "/embed", json={"inputs": "word " * 3000})
     assert err.status_code == 413 and err.json()["error_type"] == "Validation"
     assert httpx.post(server.url + "/", json={"inputs": 5}).json()["error_type"] == "Validation"
+
+
+def test_work_past_its_deadline_is_refused_at_once_and_not_retried(server):
+    """LangChain's 1,000-text default batch on a CPU: a request that cannot finish by its deadline at
+    the measured rate gets 413 at once, with how many inputs fit and x-should-retry: false, so the
+    openai client does not run it three times into a 504."""
+    import openai
+
+    texts = [f"{DOCS[i % 4]} " * 12 for i in range(16)]  # about 16 x 180 tokens
+    assert post(server, "/v1/embeddings", {"input": texts}).status_code == 200  # the rate is measured
+    assert post(server, "/v1/embeddings", {"input": texts}).status_code == 200
+    r = post(server, "/v1/embeddings", {"input": texts * 8}, headers={"X-Request-Timeout": "1"})
+    err = assert_error(r, 413)
+    assert "would fit" in err["message"] and r.headers["x-should-retry"] == "false"
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=2,
+                           default_headers={"X-Request-Timeout": "1"})
+    before = refused_413s(server)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.embeddings.create(model="smollm2-retriever", input=texts * 8)
+    assert refused.value.status_code == 413 and refused_413s(server) == before + 1  # asked once, not retried
+
+
+def refused_413s(server) -> float:
+    import re
+
+    text = httpx.get(server.url + "/metrics").text
+    found = re.search(r'^reprank_requests_total\{route="/v1/embeddings",status="413"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
