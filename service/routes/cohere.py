@@ -134,9 +134,6 @@ def _embeddings(vectors: np.ndarray, kinds: list[str]) -> dict[str, list]:
         elif kind in ("binary", "ubinary"):  # one sign bit per dimension, packed 8 to a byte (Cohere's layout)
             packed = np.packbits(vectors > 0, axis=1)
             out[kind] = (packed.astype(np.int16) - 128).tolist() if kind == "binary" else packed.tolist()
-        else:
-            raise _refuse(f"embedding type {kind}", "Cohere's int8/uint8 need a calibration this model has not; "
-                          "use float, base64, binary or ubinary")
     return out
 
 
@@ -151,6 +148,9 @@ async def _embed(req: CohereEmbedRequest, request: Request, version: str) -> dic
         raise _refuse("priority", "requests are served in arrival order")
     if req.truncate == "START":
         raise _refuse("truncate START", "a long text is cut at its end (END), or refused with 413 (NONE)")
+    if uncalibrated := {"int8", "uint8"} & set(req.embedding_types or ()):
+        raise _refuse(f"embedding type {sorted(uncalibrated)[0]}", "Cohere's int8/uint8 need a calibration this "
+                      "model has not; use float, base64, binary or ubinary")
     card = p.encoder.card() if p.encoder else None
     check_dimensions(req.output_dimension, card.dimensions if card else None)
     if card is not None:
