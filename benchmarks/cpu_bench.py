@@ -7,6 +7,12 @@ token-budget batcher (small batches on CPU) through models.open_encoder; its pac
 path, per-sequence attention on CPU) is timed too, for the record. They alternate in --rounds rounds so that background load hits both alike; the ratio of the summed times is the figure.
 
     python benchmarks/cpu_bench.py --docs 200            # last line: cpu_speedup_vs_hf=<ratio>
+    python benchmarks/cpu_bench.py --docs 128 --vllm     # + the vLLM engine and a stock vLLM server (HTTP)
+
+With --vllm the same texts also go through reprank's vLLM engine (in process) and a stock vLLM server
+started here with the flags `reprank vllm-args` prints, called over HTTP as a client would; and a
+20-document rerank (the default reranker's preset) is timed on the torch engine, the vLLM engine and
+the stock server's /v1/rerank. Ratios are against stock vLLM.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--hf-batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--vllm", action="store_true", help="also the vLLM engine and a stock vLLM server")
+    ap.add_argument("--rerank-repeats", type=int, default=5, help="timed 20-document reranks per path")
     ap.add_argument("--output", help="JSON file for the figures (default: benchmarks/results/cpu-DATE.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,11 +108,94 @@ def main() -> None:
         "hf_batch": args.hf_batch, "reprank_max_batch_tokens": kw["max_batch_tokens"],
         "min_cosine": round(float(cos.min()), 6), "cpu_speedup_vs_hf": round(timings["hf"] / timings["reprank"], 3),
     }
+    if args.vllm:
+        result |= vllm_figures(texts, args, kw)
     out = Path(args.output or ROOT / f"benchmarks/results/cpu-{result['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     print(f"cpu_speedup_vs_hf={result['cpu_speedup_vs_hf']}")
+
+
+def _stock_server(task: str, model_flags: list[str], port: int):
+    """A stock vLLM OpenAI server with the flags `reprank vllm-args` derives; returns (process, url)."""
+    import shlex
+    import subprocess
+    import sys
+
+    import httpx
+
+    line = subprocess.run([sys.executable, "-m", "cli", "vllm-args", task, "--port", str(port), *model_flags],
+                          check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()[-1]
+    cmd = [sys.executable, *shlex.split(line)[1:], "--enforce-eager", "--dtype", "float32"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"vLLM exited: {line}")
+        time.sleep(1)
+    proc.kill()
+    raise RuntimeError("vLLM did not start in 600 s")
+
+
+def _p50(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def vllm_figures(texts: list[str], args, kw: dict) -> dict:
+    """docs/s and 20-document rerank p50 on the torch engine, the vLLM engine and stock vLLM over HTTP."""
+    import httpx
+
+    from models import open_reranker
+
+    query, docs = "tool to burn CDs and DVDs", texts[:20]
+    fig: dict = {}
+    with open_encoder("smollm2", **kw) as torch_enc, open_encoder("smollm2", engine="vllm", **kw) as vllm_enc:
+        torch_enc.encode(texts[:4], "passage")
+        vllm_enc.encode(texts[:4], "passage")
+        for name, enc in (("torch_engine", torch_enc), ("vllm_engine", vllm_enc)):
+            t = time.perf_counter()
+            enc.encode(texts, "passage")
+            fig[f"{name}_docs_per_s"] = round(len(texts) / (time.perf_counter() - t), 2)
+    with open_reranker(**kw) as torch_rr, open_reranker(engine="vllm", **kw) as vllm_rr:
+        for name, rr in (("torch_engine", torch_rr), ("vllm_engine", vllm_rr)):
+            rr.score(query, docs[:2])
+            fig[f"{name}_rerank20_p50_s"] = round(_p50(lambda r=rr: r.score(query, docs), args.rerank_repeats), 3)
+    proc, url = _stock_server("embedding", ["--model", "smollm2"], 8101)
+    try:  # the raw smollm2 preset: 'passage: {text}' + EOS, LAST pooling; the client sends the formatted text
+        body = {"model": "smollm2", "input": [f"passage: {t}<|im_end|>" for t in texts]}
+        httpx.post(url + "/v1/embeddings", json={"model": "smollm2", "input": ["warm-up"]}, timeout=60)
+        t = time.perf_counter()
+        httpx.post(url + "/v1/embeddings", json=body, timeout=600).raise_for_status()
+        fig["stock_vllm_docs_per_s"] = round(len(texts) / (time.perf_counter() - t), 2)
+    finally:
+        proc.kill()
+        proc.wait()
+    proc, url = _stock_server("rerank", ["--reranker", "smollm2-rankllama-trained"], 8102)
+    try:
+        body = {"model": "smollm2-rankllama-trained", "query": f"query: {query}",
+                "documents": [f" document: {d}" for d in docs]}
+        post = lambda: httpx.post(url + "/v1/rerank", json=body, timeout=600).raise_for_status()  # noqa: E731
+        post()
+        fig["stock_vllm_rerank20_p50_s"] = round(_p50(post, args.rerank_repeats), 3)
+    finally:
+        proc.kill()
+        proc.wait()
+    for name in ("torch_engine", "vllm_engine"):
+        fig[f"{name}_docs_per_s_vs_stock_vllm"] = round(fig[f"{name}_docs_per_s"] / fig["stock_vllm_docs_per_s"], 3)
+        fig[f"{name}_rerank20_speed_vs_stock_vllm"] = round(
+            fig["stock_vllm_rerank20_p50_s"] / fig[f"{name}_rerank20_p50_s"], 3)
+    return fig
 
 
 if __name__ == "__main__":

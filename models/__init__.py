@@ -31,9 +31,14 @@ def encoder_source(model: str, preset: str | None = None) -> tuple[str, str]:
     return _pick(model, preset, ENCODERS, "--model")
 
 
+def reranker_source(model: str, preset: str | None = None) -> tuple[str, str]:
+    """(source, preset name) a reranker would load, without loading it."""
+    return _pick(model, preset, RERANKERS, "--reranker")
+
+
 def open_encoder(model: str = "smollm2-retriever", preset: str | None = None, *, base=None, device="cpu", dtype=None,
-                 **batching):
-    """An Encoder for a preset name or a local checkpoint/adapter path."""
+                 engine: str = "torch", **batching):
+    """An Encoder for a preset name or a local checkpoint/adapter path, on the torch or the vLLM engine."""
     import torch
 
     from models.encoder import Encoder
@@ -41,14 +46,18 @@ def open_encoder(model: str = "smollm2-retriever", preset: str | None = None, *,
 
     source, name = _pick(model, preset, ENCODERS, "--model")
     p = encoder_preset(name)
+    if engine == "vllm":
+        from models.vllm_engine import open_vllm_encoder
+
+        return open_vllm_encoder(source, p, base=base, dtype=dtype, **batching)
     loaded = load(source, "none", base=base, device=device, dtype=dtype or torch.float32,
                   special_tokens=p.special_tokens)
     return Encoder(loaded, p, **batching)
 
 
 def open_reranker(model: str = "smollm2-rankllama-trained", preset: str | None = None, *, base=None, device="cpu",
-                  dtype=None, **batching):
-    """A Reranker for a preset name or a local checkpoint/adapter path."""
+                  dtype=None, engine: str = "torch", **batching):
+    """A Reranker for a preset name or a local checkpoint/adapter path, on the torch or the vLLM engine."""
     import torch
 
     from models.loading import load
@@ -56,5 +65,9 @@ def open_reranker(model: str = "smollm2-rankllama-trained", preset: str | None =
 
     source, name = _pick(model, preset, RERANKERS, "--reranker")
     p = reranker_preset(name)
+    if engine == "vllm":
+        from models.vllm_engine import open_vllm_reranker
+
+        return open_vllm_reranker(source, p, base=base, dtype=dtype, **batching)
     loaded = load(source, p.head, base=base, device=device, dtype=dtype or torch.float32, yes_no=p.yes_no)
     return Reranker(loaded, p, **batching)

