@@ -13,8 +13,8 @@ from tiny import LLARA_TOKENS, WORDS, build
 from transformers import AutoTokenizer
 
 from models import open_encoder, open_reranker
-from models.vllm_engine import available, encoder_plan, reranker_plan
 from models.presets import encoder_preset, reranker_preset
+from models.vllm_engine import available, encoder_plan, reranker_plan
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
