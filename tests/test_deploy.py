@@ -455,3 +455,13 @@ def test_dashboard_and_alert_metrics_exist_in_the_service(metrics_text, gpu_docs
                    'reprank_errors_total{route="/v1/search",status="400"}', "reprank_truncated_tokens_total{",
                    "reprank_dropped_total{model="):
         assert series in metrics_text, series
+
+
+def test_workers_on_the_vllm_engine():
+    """`engine: vllm` in a worker's values reaches it as REPRANK_ENGINE; unset, the worker keeps torch."""
+    docs = render(GPU_VALUES, {"encoder": {"engine": "vllm"}})
+    deps = {d["metadata"]["name"]: d for d in find(docs, "Deployment")}
+    (enc,) = deps["reprank-encoder"]["spec"]["template"]["spec"]["containers"]
+    (rr,) = deps["reprank-reranker"]["spec"]["template"]["spec"]["containers"]
+    assert env_of(enc)["REPRANK_ENGINE"] == "vllm"
+    assert "REPRANK_ENGINE" not in env_of(rr)

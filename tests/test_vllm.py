@@ -104,3 +104,34 @@ def test_stock_server_flags():
         encoder_plan(encoder_preset("llara")).serve_flags()
     with pytest.raises(ValueError, match="query likelihood"):
         reranker_plan(reranker_preset("query-likelihood")).serve_flags()
+
+
+def test_server_on_the_vllm_engine(tiny_llama, tiny_score, tmp_path):
+    """`reprank serve --engine vllm` through uvicorn: the same vectors and scores as the torch engine in
+    this process, and the same errors and metrics (the batcher, limits and routes are shared)."""
+    from helpers import Server, assert_error, get, post
+
+    args = ["--role", "worker", "--data-dir", str(tmp_path), "--engine", "vllm",
+            "--model", str(tiny_llama), "--model-preset", "repllama",
+            "--reranker", str(tiny_score), "--reranker-preset", "rankllama"]
+    srv = Server(args, timeout=400)
+    try:
+        r = post(srv, "/v1/embeddings", {"input": TEXTS[:4], "input_type": "passage"})
+        assert r.status_code == 200, r.text
+        served = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+        with open_encoder(str(tiny_llama), "repllama") as enc:
+            assert _cosines(served, enc.encode(TEXTS[:4], "passage").vectors).min() >= 0.999
+        r = post(srv, "/v1/rerank", {"query": QUERY, "documents": TEXTS, "return_documents": False})
+        assert r.status_code == 200, r.text
+        served_scores = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        with open_reranker(str(tiny_score), "rankllama") as rr:
+            expected = rr.score(QUERY, TEXTS).relevance
+        np.testing.assert_allclose([served_scores[i] for i in range(len(TEXTS))], expected, atol=1e-3)
+        err = assert_error(post(srv, "/v1/embeddings", {"input": ["word " * 600], "truncate": False}), 413)
+        assert "512" in err["message"]
+        assert_error(post(srv, "/v1/embeddings", {"input": []}), 400)
+        metrics = get(srv, "/metrics").text
+        assert 'reprank_batch_size_count{model="' in metrics
+        assert get(srv, "/v1/models").json()["data"][0]["pooling"] == "last_token"
+    finally:
+        srv.stop()
