@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", required=True)
     p.add_argument("--chunk-size", type=int, default=64, help="documents encoded and written per step")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
+    p.add_argument("--engine", dest="index_engine", choices=["local", "ray"], default="local",
                    help="ray: Ray Data reads the corpus and an actor pool of encoders embeds it (README: Ray)")
     p.add_argument("--ray-address", help="the Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--ray-actors", type=int, help="encoder actors (default: one per GPU, else CPUs - 1)")
@@ -134,7 +134,7 @@ def settings_from(args: argparse.Namespace):
 def cmd_index(args) -> int:
     from indexer.jobs import IndexJob, run_index
 
-    job = IndexJob(args.corpus, args.collection, args.engine, args.chunk_size, not args.no_progress,
+    job = IndexJob(args.corpus, args.collection, args.index_engine, args.chunk_size, not args.no_progress,
                    args.in_place, args.keep_versions, args.ray_address, args.ray_actors)
     print(run_index(job, settings_from(args)))
     return 0

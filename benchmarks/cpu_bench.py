@@ -163,11 +163,14 @@ def vllm_figures(texts: list[str], args, kw: dict) -> dict:
     with open_encoder("smollm2", **kw) as torch_enc, open_encoder("smollm2", engine="vllm", **kw) as vllm_enc:
         torch_enc.encode(texts[:4], "passage")
         vllm_enc.encode(texts[:4], "passage")
+        vectors = {}
         for name, enc in (("torch_engine", torch_enc), ("vllm_engine", vllm_enc)):
             t = time.perf_counter()
-            enc.encode(texts, "passage")
+            vectors[name] = enc.encode(texts, "passage").vectors
             fig[f"{name}_docs_per_s"] = round(len(texts) / (time.perf_counter() - t), 2)
+        fig["vllm_engine_min_cosine"] = round(float((vectors["torch_engine"] * vectors["vllm_engine"]).sum(1).min()), 6)
     with open_reranker(**kw) as torch_rr, open_reranker(engine="vllm", **kw) as vllm_rr:
+        torch_relevance = torch_rr.score(query, docs).relevance
         for name, rr in (("torch_engine", torch_rr), ("vllm_engine", vllm_rr)):
             rr.score(query, docs[:2])
             fig[f"{name}_rerank20_p50_s"] = round(_p50(lambda r=rr: r.score(query, docs), args.rerank_repeats), 3)
@@ -176,8 +179,10 @@ def vllm_figures(texts: list[str], args, kw: dict) -> dict:
         body = {"model": "smollm2", "input": [f"passage: {t}<|im_end|>" for t in texts]}
         httpx.post(url + "/v1/embeddings", json={"model": "smollm2", "input": ["warm-up"]}, timeout=60)
         t = time.perf_counter()
-        httpx.post(url + "/v1/embeddings", json=body, timeout=600).raise_for_status()
+        r = httpx.post(url + "/v1/embeddings", json=body, timeout=600).raise_for_status()
         fig["stock_vllm_docs_per_s"] = round(len(texts) / (time.perf_counter() - t), 2)
+        stock = np.array([d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])], np.float32)
+        fig["stock_vllm_min_cosine"] = round(float((vectors["torch_engine"] * stock).sum(1).min()), 6)
     finally:
         proc.kill()
         proc.wait()
@@ -186,7 +191,9 @@ def vllm_figures(texts: list[str], args, kw: dict) -> dict:
         body = {"model": "smollm2-rankllama-trained", "query": f"query: {query}",
                 "documents": [f" document: {d}" for d in docs]}
         post = lambda: httpx.post(url + "/v1/rerank", json=body, timeout=600).raise_for_status()  # noqa: E731
-        post()
+        stock_rel = {x["index"]: x["relevance_score"] for x in post().json()["results"]}
+        fig["stock_vllm_rerank_max_abs_diff"] = round(float(np.max(np.abs(
+            np.array([stock_rel[i] for i in range(len(docs))]) - np.array(torch_relevance)))), 6)
         fig["stock_vllm_rerank20_p50_s"] = round(_p50(post, args.rerank_repeats), 3)
     finally:
         proc.kill()
