@@ -42,6 +42,15 @@ def _error_of(r: httpx.Response) -> tuple[str, str]:
     return str(data)[:300], "worker_error"
 
 
+_TOO_LONG = ("context length",)  # vLLM: "This model's maximum context length is ..." (renderers/params.py)
+
+
+def _status_of(status: int, message: str) -> int:
+    """A stock vLLM worker answers an over-long input with 400; reprank's own answer (and its workers')
+    is 413, so a client sees the same status whichever engine is behind the gateway."""
+    return 413 if status == 400 and any(m in message.lower() for m in _TOO_LONG) else status
+
+
 class ReplicaPool:
     """Worker replicas of one task behind one pooled async HTTP client.
 
@@ -82,7 +91,8 @@ class ReplicaPool:
                 if r.status_code < 400:
                     return r.json()
                 if r.status_code not in _RETRYABLE:  # the request's own fault: the same everywhere
-                    raise ApiError(r.status_code, *_error_of(r))
+                    message, kind = _error_of(r)
+                    raise ApiError(_status_of(r.status_code, message), message, kind)
                 overloaded = overloaded or r.status_code == 429
                 self._failed(url, str(r.status_code), problems, _error_of(r)[0])
         if overloaded and all("429" in p for p in problems):

@@ -135,3 +135,46 @@ def test_server_on_the_vllm_engine(tiny_llama, tiny_score, tmp_path):
         assert get(srv, "/v1/models").json()["data"][0]["pooling"] == "last_token"
     finally:
         srv.stop()
+
+
+def test_gateway_on_a_stock_vllm_server(tiny_llama, tmp_path):
+    """`reprank vllm-args` starts a stock vLLM server; a gateway in front of it gives the torch engine's
+    vectors (the gateway formats the template's text) and maps vLLM's 400 for an over-long input to 413."""
+    import shlex
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from helpers import Server, assert_error, free_port, post, reprank_cmd
+
+    line = subprocess.run(reprank_cmd("vllm-args", "embedding", "--model", str(tiny_llama), "--model-preset",
+                                      "smollm2", "--port", str(port := free_port())),
+                          check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    assert "--pooler-config" in line and '"LAST"' in line
+    vllm = subprocess.Popen([sys.executable, *shlex.split(line)[1:], "--enforce-eager", "--dtype", "float32"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            assert vllm.poll() is None, "vLLM exited"
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(1)
+        gateway = Server(["--role", "gateway", "--data-dir", str(tmp_path), "--encoder-url", url],
+                         env={"REPRANK_REMOTE_QUERY_FORMAT": "query: {text}<|im_end|>",
+                              "REPRANK_REMOTE_PASSAGE_FORMAT": "passage: {text}<|im_end|>"})
+        r = post(gateway, "/v1/embeddings", {"input": TEXTS[:4], "input_type": "passage"})
+        assert r.status_code == 200, r.text
+        served = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+        with open_encoder(str(tiny_llama), "smollm2") as enc:
+            assert _cosines(served, enc.encode(TEXTS[:4], "passage").vectors).min() >= 0.999
+        assert_error(post(gateway, "/v1/embeddings", {"input": ["word " * 700]}), 413)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        vllm.kill()
+        vllm.wait()
