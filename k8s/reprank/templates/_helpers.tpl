@@ -89,7 +89,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The settings of a model-serving process: its model fields plus the batching knobs */}}
 {{- define "reprank.modelEnv" -}}
-{{- $fields := merge (dict "engine" "ENGINE" "device" "DEVICE" "dtype" "DTYPE" "maxBatchTokens" "MAX_BATCH_TOKENS" "maxBatchSize" "MAX_BATCH_SIZE" "maxQueueTokens" "MAX_QUEUE_TOKENS") .fields -}}
+{{- $fields := merge (dict "device" "DEVICE" "dtype" "DTYPE" "maxBatchTokens" "MAX_BATCH_TOKENS" "maxBatchSize" "MAX_BATCH_SIZE" "maxQueueTokens" "MAX_QUEUE_TOKENS") .fields -}}
 {{- include "reprank.settingsEnv" (dict "c" .c "fields" $fields) }}
 {{- end -}}
 
