@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_flags(p, STORE + MODELS)
 
     p = sub.add_parser("vllm-args", help="export a model for a stock vLLM server (a plain HF folder in the model "
-                       "cache) and print the `vllm serve` command that pools or scores as its preset does")
+                       "cache), print the `vllm serve` command that pools or scores as its preset does and the gateway "
+                       "settings that render its template")
     p.add_argument("task", choices=("embedding", "rerank"))
     p.add_argument("--port", type=int, default=8001)
     _settings_flags(p, MODELS)
@@ -270,9 +271,11 @@ def _print_table(result: dict) -> None:
 def cmd_vllm_args(args) -> int:
     import shlex
 
+    from transformers import AutoTokenizer
+
     from models import encoder_source, reranker_source
     from models.presets import encoder_preset, reranker_preset
-    from models.vllm_engine import encoder_plan, export, reranker_plan
+    from models.vllm_engine import encoder_plan, export, gateway_formats, reranker_plan
 
     s = settings_from(args)
     if args.task == "embedding":
@@ -289,6 +292,9 @@ def cmd_vllm_args(args) -> int:
                "--served-model-name", name, "--max-model-len", str(preset.max_length), *flags,
                "--port", str(args.port)]
     print(shlex.join(command))
+    formats = gateway_formats(preset, AutoTokenizer.from_pretrained(folder))
+    print("# the gateway in front of it (reprank serve --role gateway) renders the preset's template with:")
+    print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in formats.items()))
     return 0
 
 

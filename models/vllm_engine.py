@@ -38,6 +38,12 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; reprank's batches a
 
 def available() -> str | None:
     """None when vLLM can run here, else why not (the message a test skips with)."""
+    import platform
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine() in ("x86_64", "AMD64") and not torch.cuda.is_available() and \
+            capability not in ("AVX2", "AVX512"):
+        return f"vllm-cpu needs AVX2 or AVX-512 on x86; this CPU's capability is {capability}"
     try:
         import vllm  # noqa: F401
     except Exception as e:  # ImportError, or a build for another CPU/GPU failing at import
@@ -82,6 +88,43 @@ def reranker_plan(preset: RerankerPreset) -> VllmPlan:
     if preset.head == "query_likelihood":
         return VllmPlan("generate", "query_likelihood", None)
     return VllmPlan("pooling", "score", {"pooling_type": "LAST", "use_activation": False})
+
+
+def gateway_formats(preset: EncoderPreset | RerankerPreset, tokenizer) -> dict[str, str]:
+    """The gateway's REPRANK_REMOTE_* text formats that make a stock vLLM server build the preset's input.
+
+    A stock server tokenizes text, with the tokenizer's own special tokens; reprank tokenizes each
+    segment alone. The two agree when `<bos>`/`<eos>` are written as their token strings, a BOS the
+    tokenizer adds itself is left out, and field values start at a word boundary (BPE merges no
+    further). A template a text format cannot reproduce is refused with the reason.
+    """
+    probe = tokenizer.encode("a", add_special_tokens=False)
+    added = tokenizer.encode("a")
+    start = added[:added.index(probe[0])] if probe[0] in added else added
+    if added[len(start) + len(probe):]:
+        raise ValueError(f"{preset.name}: the tokenizer appends special tokens to every text, which the "
+                         "template does not; use `reprank serve --engine vllm`")
+    names = {"<bos>": tokenizer.bos_token, "<eos>": tokenizer.eos_token}
+
+    def text(segments: tuple[str, ...]) -> str:
+        if start:
+            if start != [tokenizer.bos_token_id] or segments[:1] != ("<bos>",):
+                raise ValueError(f"{preset.name}: the tokenizer adds {tokenizer.convert_ids_to_tokens(start)} "
+                                 "where the template does not; use `reprank serve --engine vllm`")
+            segments = segments[1:]
+        return "".join(names.get(s, s) for s in segments)
+
+    if isinstance(preset, EncoderPreset):
+        return {"REPRANK_REMOTE_QUERY_FORMAT": text(preset.query_template),
+                "REPRANK_REMOTE_PASSAGE_FORMAT": text(preset.passage_template)}
+    whole = text(preset.template)
+    cut = whole.index("{query}") + len("{query}")
+    if cut > whole.index("{document}"):
+        raise ValueError(f"{preset.name}: the query comes after the document; a stock server's pair "
+                         "input puts it first")
+    # vLLM joins the two strings and tokenizes the whole (an LLM reranker has no separator)
+    return {"REPRANK_REMOTE_RERANK_QUERY_FORMAT": whole[:cut],
+            "REPRANK_REMOTE_RERANK_DOCUMENT_FORMAT": whole[cut:]}
 
 
 def export(source: str, head: Head, *, base: str | None = None, yes_no: tuple[str, str] = ("yes", "no"),

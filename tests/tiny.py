@@ -14,6 +14,7 @@ from transformers import (
 )
 
 LLARA_TOKENS = [f"<s{i}>" for i in range(1, 17)]
+VLLM_SHAPE = dict(num_attention_heads=1, num_key_value_heads=1)  # head_dim 64: vLLM's CPU attention refuses 16
 
 
 def bundled_tokenizer(cache: Path):
