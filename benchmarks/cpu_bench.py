@@ -118,22 +118,25 @@ def main() -> None:
 
 
 def _stock_server(task: str, model_flags: list[str], port: int):
-    """A stock vLLM OpenAI server with the flags `reprank vllm-args` derives; returns (process, url)."""
+    """A stock vLLM OpenAI server with the flags `reprank vllm-args` derives; returns (process, url, the
+    gateway's text formats it prints)."""
     import shlex
     import subprocess
     import sys
 
     import httpx
 
-    line = subprocess.run([sys.executable, "-m", "cli", "vllm-args", task, "--port", str(port), *model_flags],
-                          check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()[-1]
+    out = subprocess.run([sys.executable, "-m", "cli", "vllm-args", task, "--port", str(port), *model_flags],
+                         check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()
+    line = next(x for x in out if x.startswith("python "))
+    formats = dict(x.split("=", 1) for x in shlex.split(out[-1].removeprefix("export ")))
     cmd = [sys.executable, *shlex.split(line)[1:], "--enforce-eager", "--dtype", "float32"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
+                return proc, url, formats
         except httpx.TransportError:
             pass
         if proc.poll() is not None:
@@ -174,9 +177,9 @@ def vllm_figures(texts: list[str], args, kw: dict) -> dict:
         for name, rr in (("torch_engine", torch_rr), ("vllm_engine", vllm_rr)):
             rr.score(query, docs[:2])
             fig[f"{name}_rerank20_p50_s"] = round(_p50(lambda r=rr: r.score(query, docs), args.rerank_repeats), 3)
-    proc, url = _stock_server("embedding", ["--model", "smollm2"], 8101)
-    try:  # the raw smollm2 preset: 'passage: {text}' + EOS, LAST pooling; the client sends the formatted text
-        body = {"model": "smollm2", "input": [f"passage: {t}<|im_end|>" for t in texts]}
+    proc, url, fmt = _stock_server("embedding", ["--model", "smollm2"], 8101)
+    try:  # the raw smollm2 preset, LAST pooling; the client sends the text the gateway would
+        body = {"model": "smollm2", "input": [fmt["REPRANK_REMOTE_PASSAGE_FORMAT"].format(text=t) for t in texts]}
         httpx.post(url + "/v1/embeddings", json={"model": "smollm2", "input": ["warm-up"]}, timeout=60)
         t = time.perf_counter()
         r = httpx.post(url + "/v1/embeddings", json=body, timeout=600).raise_for_status()
@@ -186,10 +189,10 @@ def vllm_figures(texts: list[str], args, kw: dict) -> dict:
     finally:
         proc.kill()
         proc.wait()
-    proc, url = _stock_server("rerank", ["--reranker", "smollm2-rankllama-trained"], 8102)
+    proc, url, fmt = _stock_server("rerank", ["--reranker", "smollm2-rankllama-trained"], 8102)
     try:
-        body = {"model": "smollm2-rankllama-trained", "query": f"query: {query}",
-                "documents": [f" document: {d}" for d in docs]}
+        body = {"model": "smollm2-rankllama-trained", "query": fmt["REPRANK_REMOTE_RERANK_QUERY_FORMAT"].format(query=query),
+                "documents": [fmt["REPRANK_REMOTE_RERANK_DOCUMENT_FORMAT"].format(document=d) for d in docs]}
         post = lambda: httpx.post(url + "/v1/rerank", json=body, timeout=600).raise_for_status()  # noqa: E731
         stock_rel = {x["index"]: x["relevance_score"] for x in post().json()["results"]}
         fig["stock_vllm_rerank_max_abs_diff"] = round(float(np.max(np.abs(

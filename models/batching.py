@@ -1,8 +1,9 @@
 """Token-budget dynamic batching shared by the encoder and the reranker.
 
 Concurrent requests put their token sequences on one bounded queue; a single worker thread takes
-everything waiting, sorts it by length (so a batch pads little), cuts it into batches whose padded
-size stays under `max_batch_tokens`, runs them on the device and resolves each sequence's future.
+everything waiting, sorts it by length (so a batch pads little), cuts it into batches whose cost stays
+under `max_batch_tokens` (the padded size for a dense forward; the real tokens for an engine that packs
+them, vLLM or the packed path), runs them on the device and resolves each sequence's future.
 The bound counts every admitted token not yet finished, waiting or taken by the worker: a request
 that does not fit is refused at once (`QueueFull`) instead of waiting, so an accepted request never
 has more than `max_queue_tokens` of work ahead of it, however hard the server is overloaded. A sequence is admitted to the model only at the start of its own batch: one whose future
@@ -57,8 +58,10 @@ class TokenBatcher:
         wait_ms: float = 2.0,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "batcher",
+        padded: bool = True,
     ):
         self._run = run
+        self.padded = padded
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queue_tokens = max_queue_tokens
@@ -71,8 +74,8 @@ class TokenBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0  # sequences whose future was cancelled before their batch ran
-        self._tokens_per_s: float | None = None  # measured drain rate (moving average of padded tokens/s)
-        self._measured = 0  # padded tokens behind that rate
+        self._tokens_per_s: float | None = None  # measured drain rate (moving average of cost tokens/s)
+        self._measured = 0  # cost tokens behind that rate
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -179,15 +182,18 @@ class TokenBatcher:
         return False
 
     def _cut(self, items: list[_Item]) -> list[list[_Item]]:
-        """Consecutive runs of the length-sorted items whose padded size fits the budget."""
+        """Consecutive runs of the length-sorted items whose cost fits the budget."""
         batches: list[list[_Item]] = []
         cur: list[_Item] = []
+        real = 0
         for it in items:
             longest = max(len(it.ids), 1)  # sorted, so the newest item is the longest
-            if cur and ((len(cur) + 1) * longest > self.max_batch_tokens or len(cur) >= self.max_batch_size):
+            cost = (len(cur) + 1) * longest if self.padded else real + longest
+            if cur and (cost > self.max_batch_tokens or len(cur) >= self.max_batch_size):
                 batches.append(cur)
-                cur = []
+                cur, real = [], 0
             cur.append(it)
+            real += longest
         if cur:
             batches.append(cur)
         return batches
@@ -206,9 +212,10 @@ class TokenBatcher:
             it.future.set_result(out)
         lengths = [len(it.ids) for it in batch]
         stats = BatchStats(len(batch), sum(lengths), len(batch) * max(lengths), time.perf_counter() - start)
-        rate = stats.padded_tokens / max(stats.seconds, 1e-6)
+        cost = stats.padded_tokens if self.padded else stats.tokens
+        rate = cost / max(stats.seconds, 1e-6)
         self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
-        self._measured += stats.padded_tokens
+        self._measured += cost
         if self._on_batch:
             try:
                 self._on_batch(stats)

@@ -52,6 +52,8 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class ModelRuntime:
+    pads = True  # a batch costs its padded size (dense forward); an engine that packs sets False
+
     def __init__(
         self,
         model: LoadedModel,
@@ -84,6 +86,7 @@ class ModelRuntime:
             deadline_admission=deadline_admission,
             on_batch=on_batch,
             name=name,
+            padded=not self.packed and self.pads,
         )
 
     def _run(self, seqs: list[list[int]]) -> Sequence[Any]:

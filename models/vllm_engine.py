@@ -202,6 +202,8 @@ def _prompts(seqs: list[list[int]]):
 class VllmEncoder(Encoder):
     """An Encoder whose forward pass is vLLM's; templates, batching and normalisation are reprank's."""
 
+    pads = False  # vLLM packs a batch: its budget counts real tokens
+
     def _run(self, seqs: list[list[int]]) -> list[np.ndarray]:
         vm: _Vllm = self.model
         if vm.plan.pool_last:
@@ -222,6 +224,8 @@ class VllmEncoder(Encoder):
 class VllmReranker(Reranker):
     """A Reranker whose forward pass is vLLM's: classify for one-logit heads, prompt log-probabilities
     for query likelihood; the preset's activation is applied here, as on the torch engine."""
+
+    pads = False
 
     def _run(self, seqs: list[list[int]]) -> list[float]:
         vm: _Vllm = self.model

@@ -118,10 +118,11 @@ def test_each_request_gets_its_own_results(fake, seed):
         b.close()
 
 
+@pytest.mark.parametrize("padded", [True, False])  # a dense forward pays the padded size; vLLM the real tokens
 @pytest.mark.parametrize(("max_tokens", "max_size"), [(64, 100), (100, 4), (30, 1), (1000, 1000)])
-def test_batches_respect_token_and_size_budgets(fake, max_tokens, max_size):
+def test_batches_respect_token_and_size_budgets(fake, max_tokens, max_size, padded):
     stats: list[BatchStats] = []
-    b = make(fake, max_batch_tokens=max_tokens, max_batch_size=max_size, on_batch=stats.append)
+    b = make(fake, max_batch_tokens=max_tokens, max_batch_size=max_size, on_batch=stats.append, padded=padded)
     rng = random.Random(max_tokens)
     try:
         blocker = block_worker(b, fake)
@@ -137,7 +138,10 @@ def test_batches_respect_token_and_size_budgets(fake, max_tokens, max_size):
         for batch in batches:
             assert batch == sorted(batch)  # length-sorted inside a batch
             assert len(batch) <= max_size
-            assert len(batch) * max(batch) <= max_tokens or len(batch) == 1  # padded size fits, or alone
+            cost = len(batch) * max(batch) if padded else sum(batch)
+            assert cost <= max_tokens or len(batch) == 1  # the cost fits, or it runs alone
+        if not padded and max_size == 100:  # the real-token budget fills batches the padded one would cut
+            assert max(sum(batch) for batch in batches if len(batch) > 1) > max_tokens // 2
         for n in (max_tokens + 5, 2 * max_tokens):
             assert [n] in batches  # an over-long sequence runs, alone
         # taken in one go and sorted: batches follow each other in length order
