@@ -171,7 +171,7 @@ def _stock_vllm(task: str, model, preset: str):
     assert "--pooler-config" in command and '"LAST"' in command
     settings = dict(item.split("=", 1) for item in shlex.split(exports.removeprefix("export ")))
     proc = subprocess.Popen([sys.executable, *shlex.split(command)[1:], "--enforce-eager", "--dtype", "float32"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     return f"http://127.0.0.1:{port}", settings, proc
 
 
@@ -195,6 +195,9 @@ def test_gateway_on_stock_vllm_servers(tiny_llama, tiny_score, tmp_path_factory)
     """A gateway in front of two stock vLLM servers, each started and configured from what `reprank
     vllm-args` prints, gives the all-in-one torch server's vectors, scores and search results, and maps
     vLLM's 400 for an over-long input to 413."""
+    import os
+    import signal
+
     from helpers import InProcess, Server, assert_error, indexed_data, post
 
     from service.settings import Settings
@@ -222,8 +225,8 @@ def test_gateway_on_stock_vllm_servers(tiny_llama, tiny_score, tmp_path_factory)
     finally:
         if gateway is not None:
             gateway.stop()
-        for proc in (enc_proc, rr_proc):
-            proc.kill()
+        for proc in (enc_proc, rr_proc):  # the server and its engine core: killing the server alone orphans it
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
     with open_encoder(str(tiny_llama), "smollm2") as enc:
