@@ -218,7 +218,8 @@ def cmd_eval(args) -> int:
     with ExitStack() as opened:
         store = opened.enter_context(open_store(s.store_config()))
         encoder = opened.enter_context(open_encoder(s.model, s.model_preset, **kw))
-        reranker = opened.enter_context(open_reranker(s.reranker, s.reranker_preset, **kw)) if rerank else None
+        reranker = (opened.enter_context(open_reranker(s.reranker, s.reranker_preset, **s.model_kwargs("rerank")))
+                    if rerank else None)
         metrics, runs, info = evaluate(
             args.dataset, args.split, encoder, reranker, store, collection=args.collection,
             pipelines=pipelines, max_queries=args.max_queries, candidates=args.candidates,

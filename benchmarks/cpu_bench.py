@@ -79,7 +79,8 @@ def main() -> None:
     path, kwargs = resolve("bundled:smollm2").hf_args()
     tok = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModel.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
-    kw = Settings().model_kwargs()  # the service's own defaults on this device
+    kw = Settings(engine="torch").model_kwargs()  # the service's own defaults on this device
+    kw.pop("engine")  # each path names its engine
     encoder = open_encoder("smollm2", **kw)
     packed = open_encoder("smollm2", packed=True, **kw)  # the CUDA layout, measured here for the record
     for enc in (encoder, packed):

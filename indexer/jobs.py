@@ -36,6 +36,9 @@ def _local(job: IndexJob, s, store, name: str) -> IndexStats:
 
 
 def _ray(job: IndexJob, s, store, name: str) -> IndexStats:
+    if s.engine != "torch":
+        raise ValueError(f"--engine ray runs the torch engine in each actor; REPRANK_ENGINE={s.engine} is for "
+                         "the one-process indexer")
     try:
         import ray
     except ImportError as e:

@@ -57,9 +57,8 @@ def load_local(settings: Settings, metrics: Metrics) -> tuple[LocalModel | None,
     from models import open_encoder, open_reranker
 
     def start(opener, name: str, preset: str | None, task: Task, warm_up) -> LocalModel:
-        engine = settings.engine if task == "embedding" else settings.reranker_engine or settings.engine
         runtime = opener(name, preset, on_batch=metrics.on_batch(name), max_queue_tokens=settings.max_queue_tokens,
-                         deadline_admission=settings.deadline_admission, engine=engine, **settings.model_kwargs())
+                         deadline_admission=settings.deadline_admission, **settings.model_kwargs(task))
         if settings.warmup:
             warm_up(runtime)
         metrics.watch_queue(name, runtime.batcher)

@@ -122,9 +122,11 @@ class Settings(BaseSettings):
             return self.max_batch_tokens
         return 16384 if (device or self.torch_device()).startswith("cuda") else 2048
 
-    def model_kwargs(self) -> dict:
-        """What open_encoder / open_reranker take from these settings: base, device, dtype, batch shape."""
-        return dict(base=self.base, device=self.torch_device(), dtype=self.torch_dtype(),
+    def model_kwargs(self, task: str = "embedding") -> dict:
+        """What open_encoder / open_reranker (task "rerank") take from these settings: engine, base,
+        device, dtype, batch shape."""
+        engine = self.engine if task == "embedding" else self.reranker_engine or self.engine
+        return dict(engine=engine, base=self.base, device=self.torch_device(), dtype=self.torch_dtype(),
                     max_batch_tokens=self.batch_tokens(), max_batch_size=self.max_batch_size)
 
     def torch_dtype(self):

@@ -288,3 +288,25 @@ def test_vllm_on_an_avx2_only_cpu(tiny_llama, tmp_path):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["capability"] == "AVX2" and got["kernels"] == ["_C_AVX2.abi3.so"], got
     assert got["cosine"] >= 0.999, got
+
+
+def test_index_on_the_vllm_engine(tiny_llama, tmp_path, monkeypatch):
+    """`REPRANK_ENGINE=vllm reprank index` stores the vectors the torch engine would."""
+    import json
+
+    from cli import main
+    from store import Document, passage_text
+    from store.edge import EdgeStore
+
+    docs = [Document(f"d{i}", t) for i, t in enumerate(TEXTS)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.doc_id, "text": d.text}) + "\n" for d in docs))
+    monkeypatch.setenv("REPRANK_ENGINE", "vllm")
+    assert main(["index", "--corpus", str(tmp_path / "corpus.jsonl"), "--collection", "c", "--no-progress",
+                 "--data-dir", str(tmp_path / "data"), "--model", str(tiny_llama), "--model-preset", "repllama"]) == 0
+    with open_encoder(str(tiny_llama), "repllama") as enc:
+        vectors = enc.encode([passage_text(d) for d in docs], "passage").vectors
+    with EdgeStore(tmp_path / "data") as store:
+        assert store.count("c") == len(docs)
+        for d, v in zip(docs, vectors, strict=True):
+            top = store.query("c", v, 1)[0]
+            assert top.doc_id == d.doc_id and top.score >= 0.999, (d.doc_id, top)
