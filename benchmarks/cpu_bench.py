@@ -30,7 +30,7 @@ import torch
 
 from indexer.corpus import read_corpus
 from models import open_encoder
-from models.loading import resolve
+from models.loading import cpu_bf16, resolve
 from service.settings import Settings
 from store import passage_text
 
@@ -81,31 +81,35 @@ def main() -> None:
     model = AutoModel.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
     kw = Settings(engine="torch").model_kwargs()  # the service's own defaults on this device
     kw.pop("engine")  # each path names its engine
-    encoder = open_encoder("smollm2", **kw)
-    packed = open_encoder("smollm2", packed=True, **kw)  # the CUDA layout, measured here for the record
-    for enc in (encoder, packed):
+    encoders = {"reprank": open_encoder("smollm2", **kw),  # the service's defaults: dtype auto
+                "packed": open_encoder("smollm2", packed=True, **kw)}  # the CUDA layout, for the record
+    if kw["dtype"] != torch.float32:
+        encoders["fp32"] = open_encoder("smollm2", **(kw | {"dtype": torch.float32}))
+    for enc in encoders.values():
         enc.encode(texts[:4], "passage")  # warm-up, as the service does before it is ready
-    timings = {"hf": 0.0, "reprank": 0.0, "packed": 0.0}
+    timings = dict.fromkeys(["hf", *encoders], 0.0)
+    vectors = {}
     for _ in range(args.rounds):
         t = time.perf_counter()
         ref = hf_baseline(tok, model, texts, args.hf_batch)
         timings["hf"] += time.perf_counter() - t
-        t = time.perf_counter()
-        ours = encoder.encode(texts, "passage").vectors
-        timings["reprank"] += time.perf_counter() - t
-        t = time.perf_counter()
-        ours_packed = packed.encode(texts, "passage").vectors
-        timings["packed"] += time.perf_counter() - t
-    encoder.close()
-    packed.close()
-    cos = np.minimum((ref * ours).sum(1), (ref * ours_packed).sum(1))
-    assert cos.min() > 0.999, f"reprank and plain HF disagree: min cosine {cos.min():.5f}"
+        for name, enc in encoders.items():
+            t = time.perf_counter()
+            vectors[name] = enc.encode(texts, "passage").vectors
+            timings[name] += time.perf_counter() - t
+    for enc in encoders.values():
+        enc.close()
+    cos = np.min([(ref * v).sum(1) for v in vectors.values()], axis=0)
+    assert cos.min() > 0.999, f"reprank and plain HF fp32 disagree: min cosine {cos.min():.5f}"
 
     n = len(texts) * args.rounds
     result = {
         "date": date.today().isoformat(), "device": f"{cpu_name()}, {args.threads} threads", "docs": len(texts), "rounds": args.rounds,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": cpu_bf16(),
+        "dtype": str(kw["dtype"]).removeprefix("torch."),
         "hf_docs_per_s": round(n / timings["hf"], 2), "reprank_docs_per_s": round(n / timings["reprank"], 2),
         "reprank_packed_docs_per_s": round(n / timings["packed"], 2),
+        **({"reprank_fp32_docs_per_s": round(n / timings["fp32"], 2)} if "fp32" in timings else {}),
         "hf_batch": args.hf_batch, "reprank_max_batch_tokens": kw["max_batch_tokens"],
         "min_cosine": round(float(cos.min()), 6), "cpu_speedup_vs_hf": round(timings["hf"] / timings["reprank"], 3),
     }
@@ -127,7 +131,7 @@ def _stop(proc) -> None:
     proc.wait()
 
 
-def _stock_server(task: str, model_flags: list[str], port: int):
+def _stock_server(task: str, model_flags: list[str], port: int, dtype: str):
     """A stock vLLM OpenAI server with the flags `reprank vllm-args` derives; returns (process, url, the
     gateway's text formats it prints)."""
     import shlex
@@ -140,7 +144,7 @@ def _stock_server(task: str, model_flags: list[str], port: int):
                          check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()
     line = next(x for x in out if x.startswith("python "))
     formats = dict(x.split("=", 1) for x in shlex.split(out[-1].removeprefix("export ")))
-    cmd = [sys.executable, *shlex.split(line)[1:], "--enforce-eager", "--dtype", "float32"]
+    cmd = [sys.executable, *shlex.split(line)[1:], "--enforce-eager", "--dtype", dtype]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -172,6 +176,7 @@ def vllm_figures(texts: list[str], args, kw: dict) -> dict:
     from models import open_reranker
 
     query, docs = "tool to burn CDs and DVDs", texts[:20]
+    dtype = str(kw["dtype"]).removeprefix("torch.")  # every path in the same dtype, stock vLLM too
     fig: dict = {}
     with open_encoder("smollm2", **kw) as torch_enc, open_encoder("smollm2", engine="vllm", **kw) as vllm_enc:
         torch_enc.encode(texts[:4], "passage")
@@ -182,7 +187,7 @@ def vllm_figures(texts: list[str], args, kw: dict) -> dict:
             vectors[name] = enc.encode(texts, "passage").vectors
             fig[f"{name}_docs_per_s"] = round(len(texts) / (time.perf_counter() - t), 2)
         fig["vllm_engine_min_cosine"] = round(float((vectors["torch_engine"] * vectors["vllm_engine"]).sum(1).min()), 6)
-    proc, url, fmt = _stock_server("embedding", ["--model", "smollm2"], 8101)
+    proc, url, fmt = _stock_server("embedding", ["--model", "smollm2"], 8101, dtype)
     try:  # the raw smollm2 preset, LAST pooling; the client sends the text the gateway would
         body = {"model": "smollm2", "input": [fmt["REPRANK_REMOTE_PASSAGE_FORMAT"].format(text=t) for t in texts]}
         httpx.post(url + "/v1/embeddings", json={"model": "smollm2", "input": ["warm-up"]}, timeout=60)
@@ -194,7 +199,7 @@ def vllm_figures(texts: list[str], args, kw: dict) -> dict:
     finally:
         _stop(proc)
     # the three rerank paths timed in turn, round by round, so a slower spell of the machine hits all alike
-    proc, url, fmt = _stock_server("rerank", ["--reranker", "smollm2-rankllama-trained"], 8102)
+    proc, url, fmt = _stock_server("rerank", ["--reranker", "smollm2-rankllama-trained"], 8102, dtype)
     try:
         body = {"model": "smollm2-rankllama-trained", "query": fmt["REPRANK_REMOTE_RERANK_QUERY_FORMAT"].format(query=query),
                 "documents": [fmt["REPRANK_REMOTE_RERANK_DOCUMENT_FORMAT"].format(document=d) for d in docs]}

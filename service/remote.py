@@ -140,7 +140,7 @@ class RemoteModel:
         c = mine[0]
         self._card = ModelCard(id=c["id"], task=self.task, preset=c.get("preset", "remote"),
                                source=c.get("source", self.pool.urls[0]), revision=c.get("revision"),
-                               dimensions=c.get("dimensions"),
+                               dimensions=c.get("dimensions"), dtype=c.get("dtype"),
                                max_length=c.get("max_length") or c.get("max_model_len") or 0)
         self.model_id = c["id"]
         self.names = served_names(c["id"], self._card.preset)

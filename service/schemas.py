@@ -160,6 +160,7 @@ class ModelCard(BaseModel):
     dimensions: int | None = None
     max_length: int
     pooling: str | None = None  # an encoder's: "last_token", "mean", or "mean_last_N" (LLaRA's N special tokens)
+    dtype: str | None = None  # what the weights run in ("float32", "bfloat16"); a remote worker's own card says
 
 
 class ModelList(BaseModel):

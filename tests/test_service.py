@@ -39,6 +39,7 @@ def test_health_ready_models(server):
     models = get(server, "/v1/models").json()["data"]
     assert [m["task"] for m in models] == ["embedding", "rerank"]
     assert models[0]["dimensions"] == 64
+    assert models[0]["dtype"] == str(tiny_settings(models[0]["source"]).torch_dtype()).removeprefix("torch.")
     assert models[0]["revision"] == model_revision(models[0]["source"]) != "0123456789ab"
 
 

@@ -128,7 +128,7 @@ def test_server_on_the_vllm_engine(tiny_llama, tiny_score, tmp_path):
     this process, and the same errors and metrics (the batcher, limits and routes are shared)."""
     from helpers import Server, assert_error, get, post
 
-    args = ["--role", "worker", "--data-dir", str(tmp_path), "--engine", "vllm",
+    args = ["--role", "worker", "--data-dir", str(tmp_path), "--engine", "vllm", "--dtype", "float32",
             "--model", str(tiny_llama), "--model-preset", "repllama",
             "--reranker", str(tiny_score), "--reranker-preset", "rankllama"]
     srv = Server(args, timeout=400)
@@ -234,7 +234,7 @@ def test_gateway_on_stock_vllm_servers(tiny_llama, tiny_score, tmp_path_factory)
     with open_reranker(str(tiny_score), "smollm2-rankllama") as rr:
         expected = rr.score(QUERY, TEXTS).relevance
     np.testing.assert_allclose([relevance[i] for i in range(len(TEXTS))], expected, atol=1e-3)
-    whole = InProcess(Settings(data_dir=data, collection="docs", model=str(tiny_llama), model_preset="smollm2",
+    whole = InProcess(Settings(data_dir=data, collection="docs", dtype="float32", model=str(tiny_llama), model_preset="smollm2",
                                reranker=str(tiny_score), reranker_preset="smollm2-rankllama"))
     try:
         for s, got in zip(searches, found, strict=True):
