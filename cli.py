@@ -276,19 +276,17 @@ def cmd_vllm_args(args) -> int:
 
     from models import encoder_source, reranker_source
     from models.presets import encoder_preset, reranker_preset
-    from models.vllm_engine import encoder_plan, export, gateway_formats, reranker_plan
+    from models.vllm_engine import export_for, gateway_formats, plan_for
 
     s = settings_from(args)
     if args.task == "embedding":
         source, name = encoder_source(s.model, s.model_preset)
         preset = encoder_preset(name)
-        flags = encoder_plan(preset).serve_flags()
-        folder = export(source, "none", base=s.base, special_tokens=preset.special_tokens)
     else:
         source, name = reranker_source(s.reranker, s.reranker_preset)
         preset = reranker_preset(name)
-        flags = reranker_plan(preset).serve_flags()
-        folder = export(source, preset.head, base=s.base, yes_no=preset.yes_no)
+    flags = plan_for(preset).serve_flags()  # refuses a preset a stock server cannot pool before the export
+    folder = export_for(source, preset, base=s.base)
     command = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
                "--served-model-name", name, "--max-model-len", str(preset.max_length), *flags,
                "--port", str(args.port)]

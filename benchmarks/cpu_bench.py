@@ -100,7 +100,7 @@ def main() -> None:
     for enc in encoders.values():
         enc.close()
     cosines = {name: (ref * v).sum(1) for name, v in vectors.items()}
-    exact = [name for name, enc in encoders.items() if name == "fp32" or kw["dtype"] == torch.float32]
+    exact = [name for name in encoders if name == "fp32" or kw["dtype"] == torch.float32]
     cos = np.min([cosines[name] for name in exact], axis=0)  # fp32 against fp32: the same computation
     assert cos.min() > 0.999, f"reprank and plain HF fp32 disagree: min cosine {cos.min():.5f}"
 
@@ -163,15 +163,6 @@ def _stock_server(task: str, model_flags: list[str], port: int, dtype: str):
         time.sleep(1)
     _stop(proc)
     raise RuntimeError("vLLM did not start in 600 s")
-
-
-def _p50(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def vllm_figures(texts: list[str], args, kw: dict) -> dict:

@@ -44,12 +44,12 @@ def open_encoder(model: str = "smollm2-retriever", preset: str | None = None, *,
     from models.encoder import Encoder
     from models.loading import load
 
-    source, name = _pick(model, preset, ENCODERS, "--model")
+    source, name = encoder_source(model, preset)
     p = encoder_preset(name)
     if engine == "vllm":
-        from models.vllm_engine import open_vllm_encoder
+        from models.vllm_engine import open_vllm
 
-        return open_vllm_encoder(source, p, base=base, dtype=dtype, **batching)
+        return open_vllm(source, p, base=base, dtype=dtype, **batching)
     loaded = load(source, "none", base=base, device=device, dtype=dtype or torch.float32,
                   special_tokens=p.special_tokens)
     return Encoder(loaded, p, **batching)
@@ -63,11 +63,11 @@ def open_reranker(model: str = "smollm2-rankllama-trained", preset: str | None =
     from models.loading import load
     from models.reranker import Reranker
 
-    source, name = _pick(model, preset, RERANKERS, "--reranker")
+    source, name = reranker_source(model, preset)
     p = reranker_preset(name)
     if engine == "vllm":
-        from models.vllm_engine import open_vllm_reranker
+        from models.vllm_engine import open_vllm
 
-        return open_vllm_reranker(source, p, base=base, dtype=dtype, **batching)
+        return open_vllm(source, p, base=base, dtype=dtype, **batching)
     loaded = load(source, p.head, base=base, device=device, dtype=dtype or torch.float32, yes_no=p.yes_no)
     return Reranker(loaded, p, **batching)

