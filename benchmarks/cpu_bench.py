@@ -13,6 +13,14 @@ With --vllm the same texts also go through reprank's vLLM engine (in process) an
 started here with the flags `reprank vllm-args` prints, called over HTTP as a client would; and a
 20-document rerank (the default reranker's preset) is timed on the torch engine, the vLLM engine and
 the stock server's /v1/rerank. Ratios are against stock vLLM.
+
+    python benchmarks/cpu_bench.py --docs 128 --http     # + the query path through HTTP
+
+With --http a `reprank serve` with the service's defaults (a real uvicorn process over the first
+--http-docs sample documents) answers one query at a time, as a client sees it: a query's
+/v1/embeddings, /v1/search without rerank, the default /v1/search, and the same search at the old
+default depth of 20; the bare forward pass of each query (in this process, before the server starts)
+is the baseline the HTTP figures are divided by.
 """
 
 from __future__ import annotations
@@ -69,6 +77,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--vllm", action="store_true", help="also the vLLM engine and a stock vLLM server")
     ap.add_argument("--rerank-repeats", type=int, default=5, help="timed 20-document reranks per path")
+    ap.add_argument("--http", action="store_true", help="also the query path through a real server")
+    ap.add_argument("--http-docs", type=int, default=1000, help="sample documents the server searches")
+    ap.add_argument("--http-queries", type=int, default=40, help="queries timed per row")
     ap.add_argument("--output", help="JSON file for the figures (default: benchmarks/results/cpu-DATE.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,6 +131,8 @@ def main() -> None:
     }
     if args.vllm:
         result |= vllm_figures(texts, args, kw)
+    if args.http:
+        result |= http_figures(args, kw)
     out = Path(args.output or ROOT / f"benchmarks/results/cpu-{result['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -222,6 +235,60 @@ def vllm_figures(texts: list[str], args, kw: dict) -> dict:
         fig[f"{name}_docs_per_s_vs_stock_vllm"] = round(fig[f"{name}_docs_per_s"] / fig["stock_vllm_docs_per_s"], 3)
         fig[f"{name}_rerank20_speed_vs_stock_vllm"] = round(
             fig["stock_vllm_rerank20_p50_s"] / fig[f"{name}_rerank20_p50_s"], 3)
+    return fig
+
+
+def _p50_ms(times: list[float]) -> float:
+    return round(float(np.median(times)) * 1000, 1)
+
+
+def http_figures(args, kw: dict) -> dict:
+    """p50 of a query's path through a real server, one request at a time, against its bare forward."""
+    import tempfile
+
+    import httpx
+
+    from loadtests.run import LocalServer, prepare_data
+
+    with open(ROOT / "samples/debian-1k/queries.jsonl") as f:
+        queries = [json.loads(line)["text"] for line, _ in zip(f, range(args.http_queries), strict=False)]
+    with open_encoder(**kw) as enc:  # the default encoder, as the server will run it
+        seqs = [enc.tokenize([q], "query", True)[0][0] for q in queries]
+        enc._run(seqs[:1])
+        forward = []
+        for s in seqs:
+            t = time.perf_counter()
+            enc._run([s])
+            forward.append(time.perf_counter() - t)
+    data = Path(tempfile.mkdtemp(prefix="reprank-cpu-bench-"))
+    prepare_data(data, args.http_docs)
+    server = LocalServer(data, {}, data / "server.log")
+    calls = {
+        "embed_query": lambda c, q: c.post("/v1/embeddings", json={"input": [q], "input_type": "query"}),
+        "search_no_rerank": lambda c, q: c.post("/v1/search", json={"query": q, "rerank": False}),
+        "search_default": lambda c, q: c.post("/v1/search", json={"query": q}),
+        "search_rerank20": lambda c, q: c.post("/v1/search", json={"query": q, "candidates": 20}),
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    try:
+        with httpx.Client(base_url=server.url, timeout=300) as c:
+            card = c.get("/v1/models").json()["data"]
+            for q in queries:  # each query through every row in turn: a slow spell hits all rows alike
+                for name, call in calls.items():
+                    t = time.perf_counter()
+                    call(c, q).raise_for_status()
+                    times[name].append(time.perf_counter() - t)
+            default_depth = c.post("/v1/search", json={"query": queries[0]}).json()["usage"]
+    finally:
+        server.stop()
+    fig = {"http_queries": len(queries), "http_docs": args.http_docs, "query_tokens_p50": int(np.median([len(s) for s in seqs])),
+           "server_dtypes": sorted({m.get("dtype", "?") for m in card}), "default_search_usage": default_depth,
+           "query_forward_p50_ms": _p50_ms(forward)}
+    for name, ts in times.items():
+        fig[f"http_{name}_p50_ms"] = _p50_ms(ts)
+        fig[f"http_{name}_p95_ms"] = round(float(np.percentile(ts, 95)) * 1000, 1)
+    fig["http_embed_query_vs_forward"] = round(fig["http_embed_query_p50_ms"] / fig["query_forward_p50_ms"], 2)
+    fig["http_search_default_vs_rerank20"] = round(fig["http_search_default_p50_ms"] / fig["http_search_rerank20_p50_ms"], 3)
     return fig
 
 

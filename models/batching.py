@@ -1,7 +1,8 @@
 """Token-budget dynamic batching shared by the encoder and the reranker.
 
 Concurrent requests put their token sequences on one bounded queue; a single worker thread takes
-everything waiting, sorts it by length (so a batch pads little), cuts it into batches whose cost stays
+everything waiting (at once: requests that arrive while a batch runs form the next one, so a lone
+query never waits for company), sorts it by length (so a batch pads little), cuts it into batches whose cost stays
 under `max_batch_tokens` (the padded size for a dense forward; the real tokens for an engine that packs
 them, vLLM or the packed path), runs them on the device and resolves each sequence's future.
 The bound counts every admitted token not yet finished, waiting or taken by the worker: a request
@@ -55,7 +56,7 @@ class TokenBatcher:
         max_batch_size: int = 128,
         max_queue_tokens: int = 1_000_000,
         deadline_admission: bool = True,
-        wait_ms: float = 2.0,
+        wait_ms: float = 0.0,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "batcher",
         padded: bool = True,
@@ -153,7 +154,7 @@ class TokenBatcher:
                 self._cond.wait()
             if self._closed and not self._queue:
                 return []
-        if self._wait:  # let requests arriving together share a batch
+        if self._wait:  # optionally hold the first arrival so that others may join its batch
             time.sleep(self._wait)
         with self._cond:
             items, self._queue = self._queue, []

@@ -2,7 +2,8 @@
 
 On CUDA a batch runs packed (models.packed: one row, no pad tokens, varlen attention). On CPU it is
 right-padded with an attention mask: the batcher's length-sorted token-budget batches leave little
-padding, and the packed layout measured no faster there (benchmarks/cpu_bench.py). Either way states
+padding, and the packed layout measured no faster there (benchmarks/cpu_bench.py); in bf16 its linear
+weights are packed once for oneDNN (models.cpu_linear). Either way states
 are read at each sequence's own last real positions (from the sequence lengths, never from
 `input_ids != pad`, because the pad id may be the EOS we appended), so a text gives the same state
 alone or in any batch.
@@ -19,6 +20,7 @@ import anyio.to_thread
 import torch
 
 from models.batching import BatchStats, TokenBatcher
+from models.cpu_linear import pack_linears
 from models.graphs import GraphedBackbone
 from models.loading import LoadedModel
 from models.packed import ATTENTION, last_packed, packed_hidden, packed_pooled, register
@@ -73,6 +75,8 @@ class ModelRuntime:
         if self.packed:
             register()
             model.backbone.set_attn_implementation(ATTENTION)
+        elif model.backbone is not None:  # a bf16 CPU forward: weights packed once for oneDNN
+            pack_linears(model.backbone)
         self.tokenizer = model.tokenizer
         pad = model.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (model.tokenizer.eos_token_id or 0)

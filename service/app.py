@@ -52,7 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return
             state.ready = True
             metrics.ready.set(1)
-            log.info("ready in %.1f s", time.perf_counter() - start)
+            rerank = (f"; a search reranks its top {state.pipeline.candidates} unless it names `candidates`"
+                      if state.pipeline.reranker else "")
+            log.info("ready in %.1f s%s", time.perf_counter() - start, rerank)
 
         loading = asyncio.create_task(load())
         yield

@@ -39,6 +39,7 @@ class Pipeline:
             "embedding": encoder.names if encoder else set(),
             "rerank": reranker.names if reranker else set(),
         }
+        self.candidates = settings.search_candidates()  # when a search names no count
         self.searcher = None
         if store is not None and encoder is not None:
             card = encoder.card()  # a vLLM worker's card names no revision: nothing to compare
@@ -92,7 +93,7 @@ class Pipeline:
             raise ApiError(422, str(e), "invalid_request") from None
         if req.top_k > s.max_top_k:
             raise ApiError(413, f"top_k {req.top_k} is over the limit of {s.max_top_k}", "too_large")
-        candidates = max(req.candidates or s.default_candidates, req.top_k)
+        candidates = max(req.candidates or self.candidates, req.top_k)
         if candidates > s.max_candidates:
             raise ApiError(413, f"candidates {candidates} is over the limit of {s.max_candidates}", "too_large")
         rerank = self.reranker is not None if req.rerank is None else req.rerank

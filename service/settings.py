@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+CPU_CANDIDATES = 20  # the default search's rerank depth on a CPU (RESULTS.md, issue 19: chosen on held-out queries)
+
 CommaList = Annotated[list[str], NoDecode]  # env: comma-separated, not JSON
 
 
@@ -45,7 +47,8 @@ class Settings(BaseSettings):
     max_documents: int = Field(1000, description="documents per /v1/rerank call")
     max_top_k: int = Field(100, description="largest top_k a search may ask")
     max_candidates: int = Field(200, description="largest candidates a search may ask")
-    default_candidates: int = Field(20, description="retrieved then reranked when a search names no count")
+    default_candidates: int | None = Field(None, description="retrieved then reranked when a search names no count; "
+                                           "auto: 20, or CPU_CANDIDATES when the reranker runs on this machine's CPU")
     hybrid: bool = Field(True, description="search fuses dense and BM25 unless a request says 'hybrid': false")
     rerank_fusion: Literal["rrf", "none"] = Field("rrf", description="search order: RRF of retrieval and rerank ranks, or rerank alone")
     warmup: bool = Field(True, description="run one encode and one rerank before /readyz says ready")
@@ -122,6 +125,14 @@ class Settings(BaseSettings):
         if self.max_batch_tokens:
             return self.max_batch_tokens
         return 16384 if (device or self.torch_device()).startswith("cuda") else 2048
+
+    def search_candidates(self) -> int:
+        """A CPU reranks fewer (RESULTS.md: the smallest depth whose held-out quality stays within 0.005 of
+        20's); a GPU or a gateway's workers rerank 20 in milliseconds."""
+        if self.default_candidates:
+            return self.default_candidates
+        local_cpu = self.role != "gateway" and self.torch_device() == "cpu"
+        return CPU_CANDIDATES if local_cpu else 20
 
     def model_kwargs(self, task: str = "embedding") -> dict:
         """What open_encoder / open_reranker (task "rerank") take from these settings: engine, base,

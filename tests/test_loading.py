@@ -120,3 +120,14 @@ def test_dtype_auto_is_bf16_only_where_the_cpu_multiplies_it_natively():
     assert ("the CPU has " + cpu_bf16() if native else "no native bf16") in auto.dtype_reason()
     assert Settings(device="cpu", dtype="float32").torch_dtype() == torch.float32
     assert Settings(device="cpu", dtype="bfloat16").torch_dtype() == torch.bfloat16
+
+
+def test_default_rerank_depth_is_chosen_by_where_the_reranker_runs():
+    """auto: CPU_CANDIDATES when this process reranks on its CPU, 20 on a GPU or a gateway's workers;
+    an explicit setting wins."""
+    from service.settings import CPU_CANDIDATES, Settings
+
+    assert Settings(device="cpu").search_candidates() == CPU_CANDIDATES
+    assert Settings(device="cuda").search_candidates() == 20
+    assert Settings(device="cpu", role="gateway").search_candidates() == 20
+    assert Settings(device="cpu", default_candidates=7).search_candidates() == 7
