@@ -244,10 +244,12 @@ def _p50_ms(times: list[float]) -> float:
 
 def http_figures(args, kw: dict) -> dict:
     """p50 of a query's path through a real server, one request at a time, against its bare forward."""
+    import sys
     import tempfile
 
     import httpx
 
+    sys.path.insert(0, str(ROOT))  # loadtests/ is not an installed package
     from loadtests.run import LocalServer, prepare_data
 
     with open(ROOT / "samples/debian-1k/queries.jsonl") as f:
@@ -270,14 +272,18 @@ def http_figures(args, kw: dict) -> dict:
         "search_rerank20": lambda c, q: c.post("/v1/search", json={"query": q, "candidates": 20}),
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
+    stages: dict[str, list[float]] = {}  # the server's own timings_ms of a search without rerank
     try:
         with httpx.Client(base_url=server.url, timeout=300) as c:
             card = c.get("/v1/models").json()["data"]
             for q in queries:  # each query through every row in turn: a slow spell hits all rows alike
                 for name, call in calls.items():
                     t = time.perf_counter()
-                    call(c, q).raise_for_status()
+                    r = call(c, q).raise_for_status()
                     times[name].append(time.perf_counter() - t)
+                    if name == "search_no_rerank":
+                        for stage, ms in r.json()["timings_ms"].items():
+                            stages.setdefault(stage, []).append(ms / 1000)
             default_depth = c.post("/v1/search", json={"query": queries[0]}).json()["usage"]
     finally:
         server.stop()
@@ -287,6 +293,7 @@ def http_figures(args, kw: dict) -> dict:
     for name, ts in times.items():
         fig[f"http_{name}_p50_ms"] = _p50_ms(ts)
         fig[f"http_{name}_p95_ms"] = round(float(np.percentile(ts, 95)) * 1000, 1)
+    fig |= {f"server_{stage}_p50_ms": _p50_ms(ts) for stage, ts in stages.items()}
     fig["http_embed_query_vs_forward"] = round(fig["http_embed_query_p50_ms"] / fig["query_forward_p50_ms"], 2)
     fig["http_search_default_vs_rerank20"] = round(fig["http_search_default_p50_ms"] / fig["http_search_rerank20_p50_ms"], 3)
     return fig

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-CPU_CANDIDATES = 20  # the default search's rerank depth on a CPU (RESULTS.md, issue 19: chosen on held-out queries)
+CPU_CANDIDATES = 10  # the default search's rerank depth on a CPU: chosen on held-out queries (RESULTS.md, issue 19)
 
 CommaList = Annotated[list[str], NoDecode]  # env: comma-separated, not JSON
 

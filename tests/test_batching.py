@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.batching import DEADLINE, BatchStats, TokenBatcher, gather
+from models.batching import DEADLINE, BatchStats, TokenBatcher, _Item, gather
 from models.errors import DeadlineTooShort, QueueFull
 
 BLOCK = -1  # a token that makes the fake run wait on a gate
@@ -151,6 +151,49 @@ def test_batches_respect_token_and_size_budgets(fake, max_tokens, max_size, padd
         assert [(s.size, s.tokens, s.padded_tokens) for s in stats[1:]] == [
             (len(batch), sum(batch), len(batch) * max(batch)) for batch in batches]
         assert all(s.seconds >= 0 for s in stats)
+    finally:
+        b.close()
+
+
+def _cheapest(lengths: list[int], max_tokens: int, max_size: int, overhead: int) -> float:
+    """Brute force: the least padded cost of any cut of the sorted lengths into runs that fit."""
+    best = float("inf")
+    for mask in range(1 << (len(lengths) - 1)):
+        runs, cur = [], [lengths[0]]
+        for k, n in enumerate(lengths[1:]):
+            if mask >> k & 1:
+                runs.append(cur)
+                cur = []
+            cur.append(n)
+        runs.append(cur)
+        if all(len(r) <= max_size and (len(r) == 1 or len(r) * r[-1] <= max_tokens) for r in runs):
+            best = min(best, sum(len(r) * r[-1] + overhead for r in runs))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_padded_batches_are_the_cheapest_cut(fake, seed):
+    """Mixed lengths (a rerank's passages) are cut where padding would cost more than another batch:
+    the batches pay no more padded tokens plus per-batch overhead than the best cut a brute force finds."""
+    rng = random.Random(seed)
+    lengths = sorted(rng.choice([rng.randint(5, 20), rng.randint(60, 200)]) for _ in range(11))
+    b = make(fake, max_batch_tokens=600, max_batch_size=6, batch_overhead_tokens=32)
+    try:
+        blocker = block_worker(b, fake)
+        futures = b.submit([seq(i + 1000, n) for i, n in enumerate(lengths)])
+        fake.gate.set()
+        wait(futures, TIMEOUT)
+        blocker.result(TIMEOUT)
+        batches = [[len(s) for s in batch] for batch in fake.batches[1:]]
+        paid = sum(len(batch) * max(batch) + 32 for batch in batches)
+        assert paid == _cheapest(lengths, 600, 6, 32)
+    finally:
+        b.close()
+    short_then_long = [10] * 8 + [200]  # one greedy batch would pad eight 10s to 200
+    b = make(FakeRun(), max_batch_tokens=2048, batch_overhead_tokens=32)
+    try:
+        assert [[len(it.ids) for it in run] for run in b._cut_padded([_Item(seq(i, n), Future()) for i, n in
+                                                                         enumerate(short_then_long)])] == [[10] * 8, [200]]
     finally:
         b.close()
 
