@@ -8,19 +8,35 @@ from typing import Protocol
 
 import numpy as np
 
-from store.documents import Document
+from store.documents import Document, Passage
 
 
 @dataclass
 class Hit:
+    """One stored passage that matched (a whole document, unless the indexer split it)."""
+
     doc_id: str
     score: float
-    payload: dict  # {"doc_id", "title", "text", "metadata"}
+    payload: dict  # {"doc_id", "title", "text", "metadata", "passage", "span", "version"} (store.layout)
 
     @property
     def document(self) -> Document:
+        """The passage as the models read it: its text, with the document's title and metadata."""
         p = self.payload
         return Document(self.doc_id, p.get("text", ""), p.get("title", ""), p.get("metadata") or {})
+
+    @property
+    def passage(self) -> int:
+        return int(self.payload.get("passage") or 0)  # collections from before passages: 0
+
+    @property
+    def span(self) -> tuple[int, int]:
+        span = self.payload.get("span")
+        return (span[0], span[1]) if span else (0, len(self.payload.get("text", "")))
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.doc_id, self.passage
 
 
 class StoreError(Exception):
@@ -54,9 +70,16 @@ class VectorStore(Protocol):
     def collection_info(self, name: str) -> dict: ...
     def check_info(self, name: str, info: dict) -> None: ...
     def list_collections(self) -> list[str]: ...
-    def upsert(self, name: str, docs: Sequence[Document], vectors: np.ndarray) -> None: ...
+    def upsert(self, name: str, docs: Sequence[Document | Passage], vectors: np.ndarray) -> None:
+        """Replace each named document by these passages (all of its passages, 0..n-1; a Document is
+        one), each document wholly old or wholly new to any reader and after a kill (store.layout)."""
+    def delete_documents(self, name: str, doc_ids: Sequence[str]) -> int:
+        """Remove every passage of these documents; returns how many of them existed."""
     def existing_doc_ids(self, name: str, doc_ids: Sequence[str]) -> set[str]: ...
-    def count(self, name: str) -> int: ...
+    def count(self, name: str) -> int:
+        """Documents (committed first passages)."""
+    def count_passages(self, name: str) -> int:
+        """Stored points: passages, including those of a write cut short until that document is written again."""
     def query(self, name: str, vector: np.ndarray, limit: int, filter: dict | None = None, *,
               hybrid_text: str | None = None) -> list[Hit]: ...
     def query_bm25(self, name: str, text: str, limit: int, filter: dict | None = None) -> list[Hit]: ...

@@ -13,7 +13,7 @@ import numpy as np
 import qdrant_edge as edge
 
 from store.contract import Closing, CollectionNotFound, Hit, StoreError, StoreLocked
-from store.documents import Document
+from store.documents import Document, Passage
 from store.filters import Cond, parse_filter
 from store.fusion import ranked, rrf
 from store.layout import (
@@ -25,11 +25,14 @@ from store.layout import (
     check_name,
     chunks,
     doc_sparse,
-    matrix,
+    now,
+    passage_point_id,
     payload,
     point_id,
     query_sparse,
     query_vector,
+    stale,
+    write_plan,
 )
 
 _ID_BATCH = 1024
@@ -118,16 +121,23 @@ class EdgeStore(Closing):
                 shard.update(
                     edge.UpdateOperation.create_field_index("doc_id", edge.PayloadSchemaType.Keyword)
                 )
-            meta = {"dim": dim, "info": info}
-            tmp = self._dir(name) / "reprank.json.tmp"
-            tmp.write_text(json.dumps(meta, indent=1))
-            os.replace(tmp, self._dir(name) / "reprank.json")  # written last: marks the collection complete
+                for field in ("passage", "version"):
+                    shard.update(edge.UpdateOperation.create_field_index(field, edge.PayloadSchemaType.Integer))
+            meta = {"dim": dim, "info": info, "created": now(), "updated": now()}
+            self._write_meta(name, meta)  # written last: marks the collection complete
             self._open[name] = (shard, meta)
+
+    def _write_meta(self, name: str, meta: dict) -> None:
+        tmp = self._dir(name) / "reprank.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, self._dir(name) / "reprank.json")
 
     def collection_info(self, name: str) -> dict:
         with self._lock:
             _, meta = self._shard(name)
-            return {"name": name, "dim": meta["dim"], "count": self.count(name), "info": meta["info"]}
+            return {"name": name, "dim": meta["dim"], "count": self.count(name),
+                    "passages": self.count_passages(name), "info": meta["info"],
+                    "created": meta.get("created"), "updated": meta.get("updated")}
 
     def check_info(self, name: str, info: dict) -> None:
         """StoreMismatch when `info` (the querying model's identity) differs from the collection's."""
@@ -140,29 +150,63 @@ class EdgeStore(Closing):
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "reprank.json").is_file())
 
-    def upsert(self, name: str, docs: Sequence[Document], vectors: np.ndarray) -> None:
+    def upsert(self, name: str, docs: Sequence[Document | Passage], vectors: np.ndarray) -> None:
+        """store.layout.WritePlan's three steps: later passages, first passages (the commit), old versions
+        out. Each step is one Edge update, appended to its WAL before it returns."""
         with self._lock:
             shard, meta = self._shard(name)
-            vectors = matrix(name, docs, vectors, meta["dim"])
-            points = [
-                edge.Point(point_id(d.doc_id), {DENSE: v, SPARSE: doc_sparse(d)}, payload(d))
-                for d, v in zip(docs, vectors, strict=True)
-            ]
-            if points:
-                with self._errors(name):
-                    shard.update(edge.UpdateOperation.upsert_points(points))
+            plan = write_plan(name, docs, vectors, meta["dim"])
+            with self._errors(name):
+                for part in (plan.rest, plan.commits):
+                    if part:
+                        shard.update(edge.UpdateOperation.upsert_points([
+                            edge.Point(passage_point_id(p, plan.version), {DENSE: v, SPARSE: doc_sparse(p)},
+                                       payload(p, plan.version)) for p, v in part]))
+                if plan.doc_ids:
+                    shard.update(edge.UpdateOperation.delete_points_by_filter(edge.Filter(
+                        must=[edge.FieldCondition("doc_id", match=edge.MatchAny(plan.doc_ids))],
+                        must_not=[edge.FieldCondition("version", match=edge.MatchValue(plan.version))])))
+            self._touch(name, meta)
+
+    def delete_documents(self, name: str, doc_ids: Sequence[str]) -> int:
+        with self._lock:
+            shard, meta = self._shard(name)
+            present = self.existing_doc_ids(name, doc_ids)
+            if doc_ids:
+                with self._errors(name):  # commit records first, so a kill midway leaves no half document
+                    shard.update(edge.UpdateOperation.delete_points([point_id(d) for d in present]))
+                    shard.update(edge.UpdateOperation.delete_points_by_filter(edge.Filter(
+                        must=[edge.FieldCondition("doc_id", match=edge.MatchAny(list(doc_ids)))])))
+            self._touch(name, meta)
+            return len(present)
+
+    def _touch(self, name: str, meta: dict) -> None:
+        """The collection's `updated` time, in its reprank.json."""
+        meta["updated"] = now()
+        self._write_meta(name, meta)
 
     def existing_doc_ids(self, name: str, doc_ids: Sequence[str]) -> set[str]:
+        return set(self._committed(name, doc_ids))
+
+    def _committed(self, name: str, doc_ids: Sequence[str]) -> dict[str, int | None]:
+        """{doc_id: its committed version} of the documents that exist (first passages)."""
         with self._lock:
             shard, _ = self._shard(name)
             by_id = {point_id(d): d for d in doc_ids}
-            found = set()
+            found: dict[str, int | None] = {}
             for ids in chunks(list(by_id), _ID_BATCH):
                 with self._errors(name):
-                    found.update(by_id[str(r.id)] for r in shard.retrieve(ids, False, False))
+                    found.update((by_id[str(r.id)], r.payload.get("version")) for r in shard.retrieve(ids, True, False))
             return found
 
     def count(self, name: str) -> int:
+        with self._lock:
+            shard, _ = self._shard(name)
+            with self._errors(name):
+                return shard.count(edge.CountRequest(exact=True, filter=edge.Filter(
+                    must_not=[edge.FieldCondition("passage", range=edge.RangeFloat(gte=1))])))
+
+    def count_passages(self, name: str) -> int:
         with self._lock:
             shard, _ = self._shard(name)
             with self._errors(name):
@@ -197,7 +241,11 @@ class EdgeStore(Closing):
     def _search(self, name: str, shard: edge.EdgeShard, query, limit: int, flt) -> list[Hit]:
         with self._errors(name):
             points = shard.query(edge.QueryRequest(limit=limit, query=query, filter=flt, with_payload=True))
-        return ranked([Hit(p.payload["doc_id"], float(p.score), p.payload) for p in points])
+        hits = [Hit(p.payload["doc_id"], float(p.score), p.payload) for p in points]
+        if any(h.passage for h in hits):  # a later passage counts only in its document's committed version
+            drop = stale(hits, self._committed(name, list({h.doc_id for h in hits if h.passage})))
+            hits = [h for h in hits if h.key not in drop]
+        return ranked(hits)
 
     def optimize(self, name: str) -> bool:
         """Build the HNSW index where segments are big enough (small shards stay brute force)."""

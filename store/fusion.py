@@ -18,15 +18,15 @@ QDRANT_RRF_K = 2
 
 def ranked(hits: list[Hit]) -> list[Hit]:
     """Best first, equal scores by document id: the store's one order."""
-    return sorted(hits, key=lambda h: (-h.score, h.doc_id))
+    return sorted(hits, key=lambda h: (-h.score, h.doc_id, h.passage))
 
 
 def rrf(lists: list[list[Hit]], limit: int, k: int = QDRANT_RRF_K) -> list[Hit]:
     """Reciprocal-rank fusion of ranked lists; a hit's score becomes its fused score."""
-    fused: dict[str, float] = {}
-    first: dict[str, Hit] = {}
+    fused: dict[tuple[str, int], float] = {}
+    first: dict[tuple[str, int], Hit] = {}
     for hits in lists:
         for pos, h in enumerate(hits):
-            fused[h.doc_id] = fused.get(h.doc_id, 0.0) + 1.0 / (k + pos)
-            first.setdefault(h.doc_id, h)
-    return ranked([Hit(d, s, first[d].payload) for d, s in fused.items()])[:limit]
+            fused[h.key] = fused.get(h.key, 0.0) + 1.0 / (k + pos)
+            first.setdefault(h.key, h)
+    return ranked([Hit(key[0], s, first[key].payload) for key, s in fused.items()])[:limit]

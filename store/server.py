@@ -15,7 +15,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from store.config import INDEX_TYPES, ServerConfig
 from store.contract import Closing, CollectionNotFound, Hit, StoreError, StoreMismatch, StoreUnavailable
-from store.documents import Document
+from store.documents import Document, Passage
 from store.filters import Cond, parse_filter
 from store.fusion import ranked, rrf
 from store.layout import (
@@ -27,11 +27,14 @@ from store.layout import (
     check_name,
     chunks,
     doc_sparse,
-    matrix,
+    now,
+    passage_point_id,
     payload,
     point_id,
     query_sparse,
     query_vector,
+    stale,
+    write_plan,
 )
 
 _SERVER_BATCH = 128  # points per request: a 4096-d vector is ~80 KB of JSON, the REST limit is 32 MB
@@ -136,11 +139,11 @@ class ServerStore(Closing):
                 name,
                 vectors_config={DENSE: c.vector_params(dim)},
                 sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
-                metadata=info,
+                metadata={**info, "created": now(), "updated": now()},
                 **c.cluster(),
             )
             # payload indexes before the first upsert, so the HNSW graph gets their filter links
-            indexes = [("doc_id", "keyword")] + [(f"metadata.{f}", t) for f, t in c.payload_indexes]
+            indexes = [("doc_id", "keyword"), ("passage", "integer"), ("version", "integer")] + [(f"metadata.{f}", t) for f, t in c.payload_indexes]
             for field_name, kind in indexes:
                 self._client.create_payload_index(name, field_name, INDEX_TYPES[kind], wait=True)
         self._described[name] = dim, info
@@ -169,8 +172,10 @@ class ServerStore(Closing):
         self._described.pop(name, None)
 
     def collection_info(self, name: str) -> dict:
-        dim, info = self._describe(name)
-        return {"name": name, "dim": dim, "count": self.count(name), "info": info}
+        dim, meta = self._describe(name)
+        info = {k: v for k, v in meta.items() if k not in ("created", "updated")}
+        return {"name": name, "dim": dim, "count": self.count(name), "passages": self.count_passages(name),
+                "info": info, "created": meta.get("created"), "updated": meta.get("updated")}
 
     def check_info(self, name: str, info: dict) -> None:
         """As EdgeStore.check_info; the collection's info is read once per name, like its dimension."""
@@ -181,31 +186,62 @@ class ServerStore(Closing):
         with self._errors():
             return sorted(c.name for c in self._client.get_collections().collections)
 
-    def upsert(self, name: str, docs: Sequence[Document], vectors: np.ndarray) -> None:
-        vectors = matrix(name, docs, vectors, self._dim(check_name(name)))
-        points = [
-            qm.PointStruct(
-                id=point_id(d.doc_id),
-                vector={DENSE: v.tolist(), SPARSE: _server_sparse(doc_sparse(d))},
-                payload=payload(d),
-            )
-            for d, v in zip(docs, vectors, strict=True)
-        ]
-        for batch in chunks(points, _SERVER_BATCH):
+    def upsert(self, name: str, docs: Sequence[Document | Passage], vectors: np.ndarray) -> None:
+        """store.layout.WritePlan's three steps, each request waiting for the server's WAL; a document's
+        first passage is one point, so its commit is atomic whatever the batching."""
+        plan = write_plan(name, docs, vectors, self._dim(check_name(name)))
+        for part in (plan.rest, plan.commits):
+            points = [qm.PointStruct(id=passage_point_id(p, plan.version), payload=payload(p, plan.version),
+                                     vector={DENSE: v.tolist(), SPARSE: _server_sparse(doc_sparse(p))})
+                      for p, v in part]
+            for batch in chunks(points, _SERVER_BATCH):
+                with self._errors(name):
+                    self._client.upsert(name, points=list(batch), wait=True)
+        if plan.doc_ids:
+            self._delete(name, qm.Filter(
+                must=[qm.FieldCondition(key="doc_id", match=qm.MatchAny(any=plan.doc_ids))],
+                must_not=[qm.FieldCondition(key="version", match=qm.MatchValue(value=plan.version))]))
+        self._touch(name)
+
+    def delete_documents(self, name: str, doc_ids: Sequence[str]) -> int:
+        present = self.existing_doc_ids(name, doc_ids)
+        if present:  # commit records first, so a kill midway leaves no half document
             with self._errors(name):
-                self._client.upsert(name, points=list(batch), wait=True)
+                self._client.delete(name, points_selector=[point_id(d) for d in present], wait=True)
+        if doc_ids:
+            self._delete(name, qm.Filter(must=[qm.FieldCondition(key="doc_id", match=qm.MatchAny(any=list(doc_ids)))]))
+        self._touch(name)
+        return len(present)
+
+    def _delete(self, name: str, flt: qm.Filter) -> None:
+        with self._errors(name):
+            self._client.delete(name, points_selector=qm.FilterSelector(filter=flt), wait=True)
+
+    def _touch(self, name: str) -> None:
+        """The collection's `updated` time, in its metadata beside the info."""
+        with self._errors(name):
+            self._client.update_collection(name, metadata={"updated": now()})
 
     def existing_doc_ids(self, name: str, doc_ids: Sequence[str]) -> set[str]:
+        return set(self._committed(name, doc_ids))
+
+    def _committed(self, name: str, doc_ids: Sequence[str]) -> dict[str, int | None]:
+        """{doc_id: its committed version} of the documents that exist (first passages)."""
         check_name(name)
         by_id = {point_id(d): d for d in doc_ids}
-        found = set()
+        found: dict[str, int | None] = {}
         for ids in chunks(list(by_id), _ID_BATCH):
             with self._errors(name):
-                records = self._client.retrieve(name, ids=list(ids), with_payload=False, with_vectors=False)
-            found.update(by_id[str(r.id)] for r in records)
+                records = self._client.retrieve(name, ids=list(ids), with_payload=["version"], with_vectors=False)
+            found.update((by_id[str(r.id)], (r.payload or {}).get("version")) for r in records)
         return found
 
     def count(self, name: str) -> int:
+        first = qm.Filter(must_not=[qm.FieldCondition(key="passage", range=qm.Range(gte=1))])
+        with self._errors(check_name(name)):
+            return self._client.count(name, count_filter=first, exact=True).count
+
+    def count_passages(self, name: str) -> int:
         with self._errors(check_name(name)):
             return self._client.count(name, exact=True).count
 
@@ -239,7 +275,12 @@ class ServerStore(Closing):
     def _batch(self, name: str, requests: list[qm.QueryRequest]) -> list[list[Hit]]:
         with self._errors(name):
             responses = self._client.query_batch_points(name, requests=requests)
-        return [ranked([Hit(p.payload["doc_id"], float(p.score), p.payload) for p in r.points]) for r in responses]
+        lists = [[Hit(p.payload["doc_id"], float(p.score), p.payload) for p in r.points] for r in responses]
+        later = list({h.doc_id for hits in lists for h in hits if h.passage})
+        if later:  # a later passage counts only in its document's committed version
+            drop = stale([h for hits in lists for h in hits], self._committed(name, later))
+            lists = [[h for h in hits if h.key not in drop] for hits in lists]
+        return [ranked(hits) for hits in lists]
 
     def optimize(self, name: str) -> bool:
         """Nothing to do: the server optimizes and indexes in the background."""

@@ -50,7 +50,8 @@ def test_int8_cluster_config_is_stored_and_queries_carry_search_params():
     index = store._client.create_payload_index
     store._client.create_payload_index = lambda c, f, t, **kw: indexed.append((f, t)) or index(c, f, t, **kw)
     fill(store, "docs")
-    assert indexed == [("doc_id", "keyword"), ("metadata.section", "keyword"), ("metadata.size", "integer")]
+    assert indexed == [("doc_id", "keyword"), ("passage", "integer"), ("version", "integer"),
+                       ("metadata.section", "keyword"), ("metadata.size", "integer")]
     assert {k: sent[0][k] for k in ("shard_number", "replication_factor", "write_consistency_factor")} == {
         "shard_number": 6, "replication_factor": 2, "write_consistency_factor": 1}
     dense = store._client.get_collection("docs").config.params.vectors["dense"]

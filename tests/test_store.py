@@ -77,7 +77,9 @@ def test_create_is_idempotent_and_rejects_other_dim_or_model(store):
     store.create_collection("docs", DIM, info)
     store.create_collection("docs", DIM, info)
     assert store.list_collections() == ["docs"]
-    assert store.collection_info("docs") == {"name": "docs", "dim": DIM, "count": 0, "info": info}
+    got = store.collection_info("docs")
+    assert got.pop("created") <= got.pop("updated")  # ISO 8601 UTC: ordered as text
+    assert got == {"name": "docs", "dim": DIM, "count": 0, "passages": 0, "info": info}
     with pytest.raises(StoreMismatch, match="16-d"):
         store.create_collection("docs", 16, info)
     with pytest.raises(StoreMismatch, match="model"):
@@ -120,11 +122,14 @@ def test_query_nearest_first_with_payload(filled):
     assert len(hits) == 3 and hits[0].doc_id == "d5"
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert hits[0].score >= hits[1].score >= hits[2].score
+    assert isinstance(hits[0].payload.pop("version"), int)
     assert hits[0].payload == {
         "doc_id": "d5",
         "title": "Title 5",
         "text": "passage number 5 about retrieval",
         "metadata": {"section": "docs", "size": 50, "n": 5},
+        "passage": 0,
+        "span": [0, 32],
     }
 
 
@@ -329,3 +334,90 @@ def test_server_unreachable(grpc):
         with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}"):
             call()
     store.close()
+
+
+def _passages(doc_id: str, words: list[str], title: str = "") -> list:
+    """A document split into one passage per word (a fact only in one of them)."""
+    from store.documents import Passage
+
+    text = " ".join(words)
+    out, start = [], 0
+    for i, w in enumerate(words):
+        out.append(Passage(Document(doc_id, w, title, {"n": len(words)}), i, start, start + len(w)))
+        start += len(w) + 1
+    assert text[out[-1].start:out[-1].end] == words[-1]
+    return out
+
+
+def test_replacing_and_deleting_documents_keeps_one_version_of_each(filled):
+    """A re-upsert replaces every passage of a document (never adds a second copy) and a delete removes
+    them all; counts are of documents, passages are counted apart."""
+    long_doc = _passages("d3", ["alpha", "bravo", "zeppelin"])
+    filled.upsert("docs", long_doc, make_vectors(3, seed=4))
+    assert (filled.count("docs"), filled.count_passages("docs")) == (12, 14)
+    hits = filled.query_bm25("docs", "zeppelin", 5)
+    assert [(h.doc_id, h.passage, h.span) for h in hits] == [("d3", 2, (12, 20))]
+    filled.upsert("docs", [Document("d3", "a short text about a marimba")], make_vectors(1, seed=5))
+    assert (filled.count("docs"), filled.count_passages("docs")) == (12, 12)
+    assert filled.query_bm25("docs", "zeppelin", 5) == []
+    assert [h.doc_id for h in filled.query_bm25("docs", "marimba", 5)] == ["d3"]
+    with pytest.raises(ValueError, match="not 0..1"):
+        filled.upsert("docs", long_doc[1:], make_vectors(2))
+    assert filled.delete_documents("docs", ["d3", "d5", "missing"]) == 2
+    assert (filled.count("docs"), filled.count_passages("docs")) == (10, 10)
+    assert filled.existing_doc_ids("docs", ["d3", "d5", "d6"]) == {"d6"}
+    assert filled.query_bm25("docs", "marimba", 5) == []
+    assert filled.collection_info("docs")["updated"] >= filled.collection_info("docs")["created"]
+
+
+class _Cut(Exception):
+    pass
+
+
+def _cut_after(store, writes: int):
+    """Make the store's write calls fail after `writes` of them went through (a process killed there)."""
+    count = [0]
+
+    def gate():
+        count[0] += 1
+        if count[0] > writes:
+            raise _Cut
+
+    if isinstance(store, EdgeStore):
+        shard, meta = store._shard("docs")
+
+        class Shard:
+            def __getattr__(self, name):
+                return getattr(shard, name)
+
+            def update(self, op):
+                gate()
+                return shard.update(op)
+
+        store._open["docs"] = (Shard(), meta)
+        return lambda: store._open.__setitem__("docs", (shard, meta))
+    client = store._client
+    upsert, delete = client.upsert, client.delete
+    client.upsert = lambda *a, **k: (gate(), upsert(*a, **k))[1]
+    client.delete = lambda *a, **k: (gate(), delete(*a, **k))[1]
+    return lambda: (setattr(client, "upsert", upsert), setattr(client, "delete", delete))
+
+
+@pytest.mark.parametrize("writes", [0, 1, 2])
+def test_a_write_cut_short_leaves_each_document_wholly_old_or_wholly_new(filled, writes):
+    """Cut after the later passages (1), after the commit (2), or before anything (0): a search sees the
+    old three-passage document or the new two-passage one, never a mix, and its document count holds."""
+    filled.upsert("docs", _passages("d3", ["alpha", "bravo", "zeppelin"]), make_vectors(3, seed=4))
+    restore = _cut_after(filled, writes)
+    with pytest.raises(_Cut):
+        filled.upsert("docs", _passages("d3", ["walrus", "kumquat"]), make_vectors(2, seed=6))
+    restore()
+    new = writes >= 2
+    found = {w: [h.passage for h in filled.query_bm25("docs", w, 20) if h.doc_id == "d3"]
+             for w in ("alpha", "zeppelin", "walrus", "kumquat")}
+    assert found == ({"alpha": [], "zeppelin": [], "walrus": [0], "kumquat": [1]} if new else
+                     {"alpha": [0], "zeppelin": [2], "walrus": [], "kumquat": []})
+    dense = [h for h in filled.query("docs", make_vectors(3, seed=4)[2], 20) if h.doc_id == "d3"]
+    assert all(h.passage < (2 if new else 3) for h in dense) and filled.count("docs") == 12
+    filled.upsert("docs", _passages("d3", ["walrus", "kumquat"]), make_vectors(2, seed=6))  # the retry
+    assert filled.count_passages("docs") == 13  # and the debris of the cut write is gone
