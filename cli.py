@@ -15,6 +15,7 @@ import typing
 STORE = ("data_dir", "qdrant_url", "qdrant_api_key")
 MODELS = ("model", "model_preset", "reranker", "reranker_preset", "base", "device", "dtype",
           "max_batch_tokens", "max_batch_size")
+PASSAGES = ("passage_tokens", "passage_stride")
 
 
 def _settings_flags(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-place", action="store_true", help="Qdrant server: upsert into the collection (or its "
                    "alias target) instead of building COLLECTION-v<n> and moving the alias COLLECTION to it")
     p.add_argument("--keep-versions", type=int, default=1, help="Qdrant server: old versions kept for rollback")
-    _settings_flags(p, STORE + MODELS)
+    _settings_flags(p, STORE + MODELS + PASSAGES)
 
     p = sub.add_parser("serve", help="serve the REST API with uvicorn (every setting is a flag here; "
                        "gateway and workers: README Scale-out)")

@@ -129,13 +129,16 @@ def main() -> None:
         "default_dtype_mean_cosine": round(float(cosines["reprank"].mean()), 6),
         "cpu_speedup_vs_hf": round(timings["hf"] / timings["reprank"], 3),
     }
-    if args.vllm:
-        result |= vllm_figures(texts, args, kw)
-    if args.http:
-        result |= http_figures(args, kw)
     out = Path(args.output or ROOT / f"benchmarks/results/cpu-{result['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    save = lambda: out.write_text(json.dumps(result, indent=1) + "\n")  # noqa: E731  after each section
+    save()
+    if args.vllm:
+        result |= vllm_figures(texts, args, kw)
+        save()
+    if args.http:
+        result |= http_figures(args, kw)
+        save()
     print(json.dumps(result, indent=1))
     print(f"cpu_speedup_vs_hf={result['cpu_speedup_vs_hf']}")
 

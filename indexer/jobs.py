@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from indexer.corpus import count_documents, read_corpus
+from indexer.passages import window_for
 from indexer.run import IndexStats, collection_info, index_corpus
 from store import open_store
 
@@ -32,7 +33,8 @@ def _local(job: IndexJob, s, store, name: str) -> IndexStats:
     total = count_documents(job.corpus)
     with open_encoder(s.model, s.model_preset, **s.model_kwargs()) as encoder:
         return index_corpus(read_corpus(job.corpus), encoder, store, name, chunk_size=job.chunk_size,
-                            total=total, progress=job.progress)
+                            total=total, progress=job.progress,
+                            window=window_for(encoder, s.passage_tokens, s.passage_stride))
 
 
 def _ray(job: IndexJob, s, store, name: str) -> IndexStats:
@@ -82,5 +84,6 @@ def run_index(job: IndexJob, settings) -> str:
             where = job.collection
         count = store.count(job.collection)
     st = stats[0]
-    return (f"{where}: {st.indexed} documents encoded ({st.docs_per_s:.1f} docs/s), {st.skipped} already "
+    split = f" as {st.passages} passages" if st.passages > st.indexed else ""
+    return (f"{where}: {st.indexed} documents encoded{split} ({st.docs_per_s:.1f} docs/s), {st.skipped} already "
             f"present, {count} in the collection; {st.truncated_tokens} tokens truncated")

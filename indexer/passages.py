@@ -26,6 +26,18 @@ class Window:
             raise ValueError(f"passage window {self.tokens} and stride {self.stride}: need 1 <= stride <= window")
 
 
+TITLE_ROOM = 32  # tokens of the window left for the title, which every passage repeats
+
+
+def window_for(encoder, tokens: int | None = None, stride: int | None = None) -> Window:
+    """The settings' window, or by default the encoder's own: its max length less its template and room
+    for a title; passages start every three quarters of a window (a quarter overlaps the next)."""
+    if tokens is None:
+        fixed = len(encoder.tokenize([""], "passage", False)[0][0])
+        tokens = max(encoder.preset.max_length - fixed - TITLE_ROOM, 16)
+    return Window(tokens, stride or max(tokens * 3 // 4, 1))
+
+
 def split(doc: Document, tokenizer, window: Window) -> list[Passage]:
     """One passage for a document that fits the window; else windows of `window.tokens` tokens starting
     every `window.stride` tokens, the last one ending at the document's end."""

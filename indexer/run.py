@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from indexer.passages import Window, split, window_for
 from store import VectorStore
 
 if TYPE_CHECKING:  # the torch engine itself: indexing needs its dim, source and preset
@@ -31,6 +32,7 @@ class IndexStats:
     seen: int = 0
     skipped: int = 0  # already in the collection
     indexed: int = 0
+    passages: int = 0  # of the indexed documents (more than one where a document is longer than the window)
     truncated_tokens: int = 0
     seconds: float = 0.0
 
@@ -81,7 +83,10 @@ def index_corpus(
     chunk_size: int = 64,
     total: int | None = None,
     progress: bool = True,
+    window: Window | None = None,
 ) -> IndexStats:
+    """Documents longer than `window` (default: the encoder's, indexer.passages) become several passages."""
+    window = window or window_for(encoder)
     store.create_collection(collection, encoder.dim, collection_info(encoder.model.source, encoder.preset.name))
     stats = IndexStats()
     start = time.perf_counter()
@@ -94,9 +99,11 @@ def index_corpus(
         present = store.existing_doc_ids(collection, [d.doc_id for d in unique])
         todo = [d for d in unique if d.doc_id not in present]
         if todo:
-            enc = encoder.encode([passage_text(d) for d in todo], "passage", truncate=True)
-            store.upsert(collection, todo, enc.vectors)
+            passages = [p for d in todo for p in split(d, encoder.tokenizer, window)]
+            enc = encoder.encode([passage_text(p.doc) for p in passages], "passage", truncate=True)
+            store.upsert(collection, passages, enc.vectors)
             stats.truncated_tokens += enc.truncated_tokens
+            stats.passages += len(passages)
         stats.seen += len(chunk)
         stats.skipped += len(unique) - len(todo)
         stats.indexed += len(todo)

@@ -21,6 +21,8 @@ from search.fusion import RerankFusion, final_scores, order
 from store import Hit, VectorStore, passage_text
 
 Retrieval = Literal["dense", "hybrid", "bm25"]
+GroupBy = Literal["passage", "document"]
+GROUP_FETCH = 3  # grouping by document fetches this many times the passages, since several may share one
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class SearchPlan:
     fusion: RerankFusion = "rrf"
     filter: dict | None = None
     truncate: bool = False  # of the query; stored passages are always cut to the reranker's window
+    group_by: GroupBy = "passage"  # "document": each document once, at its best passage (MaxP)
 
 
 @dataclass
@@ -89,12 +92,12 @@ class Searcher:
             with self._stage("encode", out.timings_ms):
                 q = await self.encoder.embed([query], "query", plan.truncate)
             vector, out.query_tokens, out.truncated_tokens = q.vectors[0], q.tokens, q.truncated_tokens
+        fetch = (plan.candidates if plan.rerank else plan.top_k) * (GROUP_FETCH if plan.group_by == "document" else 1)
         with self._stage("search", out.timings_ms):
-            hits = await anyio.to_thread.run_sync(self._retrieve, query, vector,
-                                                  plan.candidates if plan.rerank else plan.top_k, plan)
+            hits = await anyio.to_thread.run_sync(self._retrieve, query, vector, fetch, plan)
         out.results = [Ranked(h, h.score) for h in hits]
         if plan.rerank and hits:
-            depth = min(plan.rerank_depth or len(hits), len(hits))
+            depth = min(plan.rerank_depth or plan.candidates, len(hits))
             head = hits[:depth]
             with self._stage("rerank", out.timings_ms):
                 scored = await self.reranker.rerank(query, [passage_text(h.document) for h in head], True)
@@ -103,6 +106,8 @@ class Searcher:
             out.reranked = True
             out.rerank_tokens = scored.tokens
             out.truncated_tokens += scored.truncated_tokens
+        if plan.group_by == "document":
+            out.results = best_per_document(out.results)
         out.results = out.results[: plan.top_k]
         out.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 2)
         return out
@@ -114,3 +119,9 @@ class Searcher:
             self.store.check_info(plan.collection, self.identity)
         hybrid_text = query if plan.retrieval == "hybrid" else None
         return self.store.query(plan.collection, vector, limit, plan.filter, hybrid_text=hybrid_text)
+
+
+def best_per_document(results: list[Ranked]) -> list[Ranked]:
+    """Each document once, where its best passage ranks (MaxP: a document scores as its best passage)."""
+    seen: set[str] = set()
+    return [r for r in results if not (r.hit.doc_id in seen or seen.add(r.hit.doc_id))]

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from indexer.corpus import count_documents, read_corpus, read_qrels, read_queries
 from indexer.run import collection_info, derived_collection, index_corpus
 from models.interfaces import Encoded, PairScorer, Scored, Side, TextEncoder
-from search.core import Searcher, SearchPlan
+from search.core import Searcher, SearchPlan, best_per_document
 from store import VectorStore
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def evaluate(dataset: str | Path, split: str, encoder: Encoder, reranker: PairSc
             searcher = Searcher(store, once, once if reranker else None, identity=identity, observe=observe)
             for p, plan in plans.items():
                 found = await searcher.search(queries[q], plan)
-                runs[p][q] = [r.hit.doc_id for r in found.results]
+                runs[p][q] = [r.hit.doc_id for r in best_per_document(found.results)]  # a document at its best passage
         return runs
 
     runs = asyncio.run(run_all())

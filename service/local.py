@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from indexer.passages import split, window_for
 from models.errors import QueueFull
 from models.interfaces import Encoded, Scored, Side
 from models.loading import model_revision
@@ -12,6 +13,7 @@ from service.metrics import Metrics
 from service.schemas import ModelCard
 from service.served import Task, served_names
 from service.settings import Settings
+from store.documents import Document, Passage
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,11 @@ class LocalModel:
 
     async def embed(self, texts: list[str], side: Side, truncate: bool) -> Encoded:
         return await self._join(texts, side, truncate)
+
+    def passages(self, doc: Document, settings: Settings) -> list[Passage]:
+        """A document as the indexer stores it: split by this encoder's tokenizer when over its window."""
+        window = window_for(self.runtime, settings.passage_tokens, settings.passage_stride)
+        return split(doc, self.runtime.tokenizer, window)
 
     async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored:
         return await self._join(query, documents, truncate)

@@ -6,15 +6,29 @@ A worker process has no store (search answers 404) and may serve only one of the
 from __future__ import annotations
 
 import asyncio
+import threading
+
+import anyio.to_thread
 
 from models.interfaces import Encoded, Scored, Side
 from search.core import Searcher, SearchPlan
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.schemas import ModelCard, SearchHit, SearchRequest, SearchResponse, SearchUsage
+from service.schemas import (
+    CollectionInfo,
+    DeleteResponse,
+    ModelCard,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    SearchUsage,
+    UpsertResponse,
+    Usage,
+)
 from service.served import ServedModel
 from service.settings import Settings
-from store import VectorStore
+from store import Document, VectorStore, passage_text
+from store.documents import Passage
 from store.filters import parse_filter
 from store.layout import check_name
 
@@ -40,6 +54,7 @@ class Pipeline:
             "rerank": reranker.names if reranker else set(),
         }
         self.candidates = settings.search_candidates()  # when a search names no count
+        self._write_lock = threading.Lock()
         self.searcher = None
         if store is not None and encoder is not None:
             card = encoder.card()  # a vLLM worker's card names no revision: nothing to compare
@@ -78,6 +93,84 @@ class Pipeline:
             require_text(d, f"documents[{i}]")
         return await self.reranker.rerank(query, documents, truncate)
 
+    # Collections: the same encoder, batcher and identity checks as the indexer
+
+    def _writable(self, collection: str) -> None:
+        if self.store is None or self.encoder is None:
+            raise ApiError(404, "this process runs --role worker: collections are served by the gateway", "not_found")
+        try:
+            check_name(collection)
+        except ValueError as e:
+            raise ApiError(422, str(e), "invalid_request") from None
+
+    async def upsert(self, collection: str, docs: list[Document], truncate: bool = False) -> UpsertResponse:
+        """Encode the documents' passages through the batcher, then replace them in the store (creating the
+        collection on the first write); writes of this process run one at a time."""
+        self._writable(collection)
+        if not docs:
+            raise ApiError(400, "documents is empty", "invalid_request")
+        if len(docs) > self.settings.max_inputs:
+            raise ApiError(413, f"{len(docs)} documents is over the limit of {self.settings.max_inputs}", "too_large")
+        seen: set[str] = set()
+        for i, d in enumerate(docs):
+            require_text(d.text, f"documents[{i}].text")
+            if d.doc_id in seen:
+                raise ApiError(400, f"documents[{i}]: id {d.doc_id!r} appears twice", "invalid_request")
+            seen.add(d.doc_id)
+        passages = [p for d in docs for p in self.encoder.passages(d, self.settings)]
+        if len(passages) > self.settings.max_inputs:
+            raise ApiError(413, f"these documents make {len(passages)} passages, over the limit of "
+                           f"{self.settings.max_inputs} per request; send fewer", "too_large")
+        encoded = await self.encoder.embed([passage_text(p.doc) for p in passages], "passage", truncate)
+        card = self.encoder.card()
+        info = {k: v for k, v in (("model", card.source), ("preset", card.preset), ("revision", card.revision)) if v}
+        created = await anyio.to_thread.run_sync(self._write, collection, passages, encoded.vectors, info)
+        return UpsertResponse(collection=collection, documents=len(docs), passages=len(passages), created=created,
+                              usage=Usage(prompt_tokens=encoded.tokens, total_tokens=encoded.tokens,
+                                          truncated_tokens=encoded.truncated_tokens))
+
+    def _write(self, collection: str, passages: list[Passage], vectors, info: dict) -> bool:
+        with self._write_lock:
+            created = collection not in self.store.list_collections()
+            self.store.create_collection(collection, vectors.shape[1], info)  # refuses another encoder's (409)
+            self.store.upsert(collection, passages, vectors)
+            return created
+
+    async def delete(self, collection: str, ids: list[str]) -> DeleteResponse:
+        self._writable(collection)
+        if not ids:
+            raise ApiError(400, "ids is empty", "invalid_request")
+        if len(ids) > self.settings.max_inputs:
+            raise ApiError(413, f"{len(ids)} ids is over the limit of {self.settings.max_inputs}", "too_large")
+
+        def run() -> set[str]:
+            with self._write_lock:
+                present = self.store.existing_doc_ids(collection, ids)
+                self.store.delete_documents(collection, ids)
+                return present
+
+        present = await anyio.to_thread.run_sync(run)
+        return DeleteResponse(collection=collection, deleted=len(present),
+                              not_found=[i for i in dict.fromkeys(ids) if i not in present])
+
+    async def collections(self, name: str | None = None) -> list[CollectionInfo]:
+        if self.store is None:
+            raise ApiError(404, "this process runs --role worker: collections are served by the gateway", "not_found")
+        if name is not None:
+            self._writable(name)
+
+        def run() -> list[CollectionInfo]:
+            out = []
+            for n in [name] if name else self.store.list_collections():
+                c = self.store.collection_info(n)
+                out.append(CollectionInfo(name=n, documents=c["count"], passages=c["passages"], dimensions=c["dim"],
+                                          model=c["info"].get("model"), preset=c["info"].get("preset"),
+                                          revision=c["info"].get("revision"), created=c.get("created"),
+                                          updated=c.get("updated")))
+            return out
+
+        return await anyio.to_thread.run_sync(run)
+
     async def aclose(self) -> None:
         await asyncio.gather(*(m.aclose() for m in (self.encoder, self.reranker) if m is not None))
 
@@ -102,7 +195,7 @@ class Pipeline:
         hybrid = s.hybrid if req.hybrid is None else req.hybrid
         return SearchPlan(collection, top_k=req.top_k, candidates=candidates, retrieval="hybrid" if hybrid else "dense",
                           rerank=rerank, fusion=req.rerank_fusion or s.rerank_fusion, filter=req.filter,
-                          truncate=req.truncate)
+                          truncate=req.truncate, group_by=req.group_by)
 
     async def search(self, req: SearchRequest) -> SearchResponse:
         if self.searcher is None:
@@ -115,7 +208,7 @@ class Pipeline:
             results=[
                 SearchHit(id=r.hit.doc_id, score=r.score, retrieval_score=r.hit.score, rerank_score=r.rerank_score,
                           title=r.hit.payload.get("title", ""), text=r.hit.payload.get("text", ""),
-                          metadata=r.hit.payload.get("metadata") or {})
+                          metadata=r.hit.payload.get("metadata") or {}, passage=r.hit.passage, span=list(r.hit.span))
                 for r in found.results
             ],
             timings_ms=found.timings_ms,

@@ -23,6 +23,7 @@ from service.metrics import Metrics
 from service.schemas import ModelCard
 from service.served import Task, served_names
 from service.settings import Settings
+from store.documents import Document, Passage
 
 log = logging.getLogger("reprank")
 
@@ -123,6 +124,11 @@ class RemoteModel:
         self._card: ModelCard | None = None
         self.model_id = ""
         self.names: set[str] = set()
+
+    def passages(self, doc: Document, settings: Settings) -> list[Passage]:
+        """One passage: the gateway has no tokenizer to split by, so a document over the worker's window
+        is refused (413) by the worker, never cut silently."""
+        return [Passage(doc)]
 
     async def start(self, wait: float = 1.0) -> None:
         """Ask the replicas for their model card until one answers (the gateway is not ready before)."""

@@ -123,16 +123,21 @@ class SearchRequest(_Request):
         None, description='metadata conditions, ANDed: {"field": value | [values] | {"gte": x, "lt": y}}'
     )
     truncate: bool = Field(False, description="cut a query over the model's max length instead of 413")
+    group_by: Literal["passage", "document"] = Field(
+        "passage", description="passage: every matching passage; document: each document once, at its best "
+        "passage (MaxP), with its passage's text and span")
 
 
 class SearchHit(BaseModel):
-    id: str
+    id: str = Field(description="the document's id (a long document's passages share it)")
     score: float  # the rank-deciding score: retrieval, rerank, or their RRF fusion (rerank_fusion)
     retrieval_score: float
     rerank_score: float | None = None
     title: str
-    text: str
+    text: str = Field(description="the passage's text")
     metadata: dict[str, Any]
+    passage: int = Field(0, description="the passage's index in its document (0 unless the document was split)")
+    span: list[int] = Field(description="[start, end): the passage's characters in the document's text")
 
 
 class SearchUsage(BaseModel):
@@ -190,7 +195,57 @@ class TeiErrorBody(BaseModel):
 def error_responses(*statuses: int, body: type[BaseModel] = ErrorBody) -> dict:
     """OpenAPI `responses=` for a route's documented error statuses, all with one error body."""
     why = {400: "empty input", 401: "missing or invalid API key", 404: "unknown collection or model",
+           409: "the collection was built by another encoder or revision of it",
            413: "too large: body, inputs, documents or an input over the max length", 422: "invalid request",
            429: "queue full; see Retry-After", 503: "not ready, or a dependency is down; see Retry-After",
            504: "the request's deadline passed"}
     return {s: {"model": body, "description": why[s]} for s in statuses}
+
+
+class DocumentIn(_Request):
+    id: str = Field(min_length=1, max_length=512, description="the document's id: a second upsert of it replaces it")
+    text: str = Field(description="a document longer than the encoder's window is stored as overlapping passages")
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict, description="returned with hits; filterable")
+
+
+class UpsertRequest(_Request):
+    documents: list[DocumentIn] = Field(description="upserted together; ids must be unique in the request")
+    truncate: bool = Field(False, description="cut a passage over the encoder's window instead of 413 (a document "
+                           "is split to fit it; only a long title, or a write through a gateway, can overflow)")
+
+
+class UpsertResponse(BaseModel):
+    collection: str
+    documents: int
+    passages: int = Field(description="points written: more than documents where one was split")
+    created: bool = Field(description="this write created the collection")
+    usage: Usage
+
+
+class DeleteRequest(_Request):
+    ids: list[str] = Field(description="document ids; ids not in the collection are listed in not_found")
+
+
+class DeleteResponse(BaseModel):
+    collection: str
+    deleted: int
+    not_found: list[str]
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    documents: int
+    passages: int = Field(description="stored points; includes those of a write cut short until that document "
+                          "is written again")
+    dimensions: int
+    model: str | None = None
+    preset: str | None = None
+    revision: str | None = Field(None, description="the encoder's weights' fingerprint: another revision may "
+                                 "neither write nor search here")
+    created: str | None = None
+    updated: str | None = None
+
+
+class CollectionList(BaseModel):
+    data: list[CollectionInfo]

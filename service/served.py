@@ -14,6 +14,7 @@ from models.interfaces import Encoded, Scored, Side
 from service.metrics import Metrics
 from service.schemas import ModelCard
 from service.settings import Settings
+from store.documents import Document, Passage
 
 Task = Literal["embedding", "rerank"]
 
@@ -26,6 +27,8 @@ class ServedModel(Protocol):
     def card(self) -> ModelCard: ...
     async def embed(self, texts: list[str], side: Side, truncate: bool) -> Encoded: ...
     async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored: ...
+    def passages(self, doc: Document, settings: Settings) -> list[Passage]:
+        """An encoder's split of a document for storing (one passage where it cannot split)."""
     async def aclose(self) -> None: ...
 
 

@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPRANK_", protected_namespaces=())
 
     data_dir: Path = Field(Path("data"), description="where the embedded Qdrant Edge store lives")
-    qdrant_url: str | None = Field(None, description="a Qdrant server instead of the embedded store")
+    qdrant_url: str | None = Field(None, description="a Qdrant server instead of the embedded store (:memory: = qdrant-client's local mode in this process, for trials)")
     qdrant_api_key: str | None = Field(None, description="API key of that Qdrant server")
     collection: str = Field("default", description="searched when a request names none")
 
@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     max_candidates: int = Field(200, description="largest candidates a search may ask")
     default_candidates: int | None = Field(None, description="retrieved then reranked when a search names no count; "
                                            "auto: 20, or CPU_CANDIDATES when the reranker runs on this machine's CPU")
+    passage_tokens: int | None = Field(None, description="a document longer than this (tokens of its text) is "
+                                       "indexed as overlapping passages; auto: the encoder's window less its "
+                                       "template and 32 tokens for a title")
+    passage_stride: int | None = Field(None, description="tokens from one passage's start to the next's; "
+                                       "auto: three quarters of passage_tokens")
     hybrid: bool = Field(True, description="search fuses dense and BM25 unless a request says 'hybrid': false")
     rerank_fusion: Literal["rrf", "none"] = Field("rrf", description="search order: RRF of retrieval and rerank ranks, or rerank alone")
     warmup: bool = Field(True, description="run one encode and one rerank before /readyz says ready")

@@ -25,10 +25,13 @@ __all__ = ["CollectionNotFound", "Document", "Hit", "ServerConfig", "StoreConfig
 
 def open_store(config: StoreConfig) -> VectorStore:
     """The one way every command and the service open a store: a Qdrant server when a URL is
-    given, else the embedded Edge store under ``data_dir``."""
+    given (``:memory:``: qdrant-client's local mode in this process, for tests and trials), else the
+    embedded Edge store under ``data_dir``."""
     if config.url:
         from store.server import ServerStore
 
+        if config.url == ":memory:":
+            return ServerStore(location=":memory:", config=config.server)
         return ServerStore(config.url, api_key=config.api_key, config=config.server)
     from store.edge import EdgeStore
 

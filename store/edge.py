@@ -24,6 +24,7 @@ from store.layout import (
     check_limit,
     check_name,
     chunks,
+    committed_only,
     doc_sparse,
     now,
     passage_point_id,
@@ -31,7 +32,6 @@ from store.layout import (
     point_id,
     query_sparse,
     query_vector,
-    stale,
     write_plan,
 )
 
@@ -243,8 +243,7 @@ class EdgeStore(Closing):
             points = shard.query(edge.QueryRequest(limit=limit, query=query, filter=flt, with_payload=True))
         hits = [Hit(p.payload["doc_id"], float(p.score), p.payload) for p in points]
         if any(h.passage for h in hits):  # a later passage counts only in its document's committed version
-            drop = stale(hits, self._committed(name, list({h.doc_id for h in hits if h.passage})))
-            hits = [h for h in hits if h.key not in drop]
+            hits = committed_only(hits, self._committed(name, list({h.doc_id for h in hits if h.passage})))
         return ranked(hits)
 
     def optimize(self, name: str) -> bool:

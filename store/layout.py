@@ -89,10 +89,11 @@ def payload(p: Passage, version: int) -> dict:
             "span": list(p.span), "version": version}
 
 
-def stale(hits: list[Hit], versions: dict[str, int | None]) -> set[tuple[str, int]]:
-    """Keys of later-passage hits whose version is not their document's committed one (passage 0's):
-    left by a write that was cut short, or not yet committed, or replaced and not yet deleted."""
-    return {h.key for h in hits if h.passage and versions.get(h.doc_id) != h.payload.get("version")}
+def committed_only(hits: list[Hit], versions: dict[str, int | None]) -> list[Hit]:
+    """The hits less later passages whose version is not their document's committed one (passage 0's):
+    left by a write that was cut short, or not yet committed, or replaced and not yet deleted. (By
+    version, not by key: an uncommitted passage shares its index with the committed one it would replace.)"""
+    return [h for h in hits if not h.passage or versions.get(h.doc_id) == h.payload.get("version")]
 
 
 @functools.cache

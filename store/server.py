@@ -26,6 +26,7 @@ from store.layout import (
     check_limit,
     check_name,
     chunks,
+    committed_only,
     doc_sparse,
     now,
     passage_point_id,
@@ -33,7 +34,6 @@ from store.layout import (
     point_id,
     query_sparse,
     query_vector,
-    stale,
     write_plan,
 )
 
@@ -278,8 +278,8 @@ class ServerStore(Closing):
         lists = [[Hit(p.payload["doc_id"], float(p.score), p.payload) for p in r.points] for r in responses]
         later = list({h.doc_id for hits in lists for h in hits if h.passage})
         if later:  # a later passage counts only in its document's committed version
-            drop = stale([h for hits in lists for h in hits], self._committed(name, later))
-            lists = [[h for h in hits if h.key not in drop] for hits in lists]
+            versions = self._committed(name, later)
+            lists = [committed_only(hits, versions) for hits in lists]
         return [ranked(hits) for hits in lists]
 
     def optimize(self, name: str) -> bool:

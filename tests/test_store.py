@@ -414,9 +414,9 @@ def test_a_write_cut_short_leaves_each_document_wholly_old_or_wholly_new(filled,
     restore()
     new = writes >= 2
     found = {w: [h.passage for h in filled.query_bm25("docs", w, 20) if h.doc_id == "d3"]
-             for w in ("alpha", "zeppelin", "walrus", "kumquat")}
-    assert found == ({"alpha": [], "zeppelin": [], "walrus": [0], "kumquat": [1]} if new else
-                     {"alpha": [0], "zeppelin": [2], "walrus": [], "kumquat": []})
+             for w in ("alpha", "bravo", "zeppelin", "walrus", "kumquat")}
+    assert found == ({"alpha": [], "bravo": [], "zeppelin": [], "walrus": [0], "kumquat": [1]} if new else
+                     {"alpha": [0], "bravo": [1], "zeppelin": [2], "walrus": [], "kumquat": []})
     dense = [h for h in filled.query("docs", make_vectors(3, seed=4)[2], 20) if h.doc_id == "d3"]
     assert all(h.passage < (2 if new else 3) for h in dense) and filled.count("docs") == 12
     filled.upsert("docs", _passages("d3", ["walrus", "kumquat"]), make_vectors(2, seed=6))  # the retry
