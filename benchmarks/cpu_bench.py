@@ -15,6 +15,7 @@ started here with the flags `reprank vllm-args` prints, called over HTTP as a cl
 the stock server's /v1/rerank. Ratios are against stock vLLM.
 
     python benchmarks/cpu_bench.py --docs 128 --http     # + the query path through HTTP
+    python benchmarks/cpu_bench.py --docs 32 --upsert    # + REST upserts against the offline indexer
 
 With --http a `reprank serve` with the service's defaults (a real uvicorn process over the first
 --http-docs sample documents) answers one query at a time, as a client sees it: a query's
@@ -80,6 +81,9 @@ def main() -> None:
     ap.add_argument("--http", action="store_true", help="also the query path through a real server")
     ap.add_argument("--http-docs", type=int, default=1000, help="sample documents the server searches")
     ap.add_argument("--http-queries", type=int, default=40, help="queries timed per row")
+    ap.add_argument("--upsert", action="store_true", help="also REST upserts against the offline indexer")
+    ap.add_argument("--upsert-docs", type=int, default=256, help="sample documents each of the two writes")
+    ap.add_argument("--upsert-batch", type=int, default=32, help="documents per upsert request")
     ap.add_argument("--output", help="JSON file for the figures (default: benchmarks/results/cpu-DATE.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,6 +142,9 @@ def main() -> None:
         save()
     if args.http:
         result |= http_figures(args, kw)
+        save()
+    if args.upsert:
+        result |= upsert_figures(args, kw)
         save()
     print(json.dumps(result, indent=1))
     print(f"cpu_speedup_vs_hf={result['cpu_speedup_vs_hf']}")
@@ -300,6 +307,44 @@ def http_figures(args, kw: dict) -> dict:
     fig["http_embed_query_vs_forward"] = round(fig["http_embed_query_p50_ms"] / fig["query_forward_p50_ms"], 2)
     fig["http_search_default_vs_rerank20"] = round(fig["http_search_default_p50_ms"] / fig["http_search_rerank20_p50_ms"], 3)
     return fig
+
+
+def upsert_figures(args, kw: dict) -> dict:
+    """Documents/s into a collection: `reprank index`'s code in this process against
+    POST /v1/collections/{name}/documents on a real server, the same documents, one after the other."""
+    import sys
+    import tempfile
+
+    import httpx
+
+    sys.path.insert(0, str(ROOT))
+    from indexer.run import index_corpus
+    from loadtests.run import LocalServer
+    from store import StoreConfig, open_store
+
+    docs = list(itertools.islice(read_corpus(ROOT / "samples/debian-1k/corpus.jsonl"), args.upsert_docs))
+    with open_encoder(**kw) as enc, open_store(StoreConfig(tempfile.mkdtemp(prefix="reprank-offline-"))) as store:
+        enc.encode(["warm-up"], "passage")
+        t = time.perf_counter()
+        index_corpus(docs, enc, store, "offline", progress=False)
+        offline = time.perf_counter() - t
+    data = Path(tempfile.mkdtemp(prefix="reprank-upsert-"))
+    server = LocalServer(data, {}, data / "server.log")
+    try:
+        with httpx.Client(base_url=server.url, timeout=600) as c:
+            t = time.perf_counter()
+            for i in range(0, len(docs), args.upsert_batch):
+                body = [{"id": d.doc_id, "text": d.text, "title": d.title, "metadata": d.metadata}
+                        for d in docs[i:i + args.upsert_batch]]
+                c.post("/v1/collections/upserted/documents", json={"documents": body}).raise_for_status()
+            rest = time.perf_counter() - t
+            count = c.get("/v1/collections/upserted").json()["documents"]
+    finally:
+        server.stop()
+    assert count == len(docs), f"{count} documents stored of {len(docs)}"
+    return {"upsert_docs": len(docs), "upsert_batch": args.upsert_batch,
+            "offline_index_docs_per_s": round(len(docs) / offline, 2), "rest_upsert_docs_per_s": round(len(docs) / rest, 2),
+            "rest_upsert_vs_offline": round(offline / rest, 3)}
 
 
 if __name__ == "__main__":

@@ -98,6 +98,22 @@ def test_bad_writes_get_the_api_errors(server):
     assert get(server, "/v1/collections/notes2").status_code == 404  # nothing was created by the refusals
 
 
+def test_a_write_to_a_collection_another_process_holds_is_503(tiny_llama, tmp_path):
+    """The embedded store lets one process open a collection: a write the server cannot take is refused
+    with the API's error body, and the server stays healthy."""
+    args = ["--data-dir", str(tmp_path), *tiny_model_args(tiny_llama)]
+    with EdgeStore(tmp_path) as holder:
+        holder.create_collection("held", 64, {})
+        holder.count("held")  # opens its shard: this process now holds the lock
+        srv = Server(args)
+        try:
+            err = assert_error(upsert(srv, "held", [{"id": "a", "text": "x"}]), 503)
+            assert "another process" in err["message"]
+            assert upsert(srv, "free", [{"id": "a", "text": "x"}]).status_code == 200
+        finally:
+            srv.stop()
+
+
 def test_a_fact_in_the_last_passage_of_a_long_document_is_found(server):
     words = [f"w{i % 97}" for i in range(2400)]  # about 5,000 tokens of the bundled tokenizer
     text = " ".join(words) + " the zeppelinfact is here"
