@@ -59,7 +59,7 @@ def _ray(job: IndexJob, s, store, name: str) -> IndexStats:
     dtype = ("bfloat16" if gpus else "float32") if s.dtype == "auto" else s.dtype
     actors = job.ray_actors or gpus or max(1, int(resources.get("CPU", 2)) - 1)  # leave a CPU to read/parse
     spec = EncoderSpec(s.model, s.model_preset, s.base, device, dtype,
-                       s.batch_tokens(device), s.max_batch_size)
+                       s.batch_tokens(device), s.max_batch_size, s.passage_tokens, s.passage_stride)
     log.info("ray: %d encoder actors on %s (%s)", actors, device, resources)
     return index_with_ray(job.corpus, spec, info, store, name,
                           actors=actors, chunk_size=job.chunk_size, gpus_per_actor=1.0 if gpus else 0.0)

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from indexer.corpus import corpus_file, to_document
+from indexer.passages import split, window_for
 from indexer.run import IndexStats
 from store import Document, VectorStore, passage_text
+from store.documents import Passage
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class EncoderSpec:
     dtype: str = "float32"
     max_batch_tokens: int = 2048
     max_batch_size: int = 64
+    passage_tokens: int | None = None  # the window a long document is split by (indexer.passages)
+    passage_stride: int | None = None
 
 
 def _parse(batch) -> Any:
@@ -56,6 +60,13 @@ def _documents(batch) -> list[Document]:
             for i, x, t, m in zip(cols["doc_id"], cols["text"], cols["title"], cols["metadata"], strict=True)]
 
 
+def _passages(batch) -> list[Passage]:
+    """An actor's output rows back into passages (all of a document's passages are in one batch)."""
+    cols = batch.to_pydict()
+    return [Passage(d, i, a, b) for d, i, a, b in zip(_documents(batch), cols["passage"], cols["start"], cols["end"],
+                                                      strict=True)]
+
+
 class EncodeActor:
     """One encoder per actor; `__call__` adds a `vector` column (fixed-size float32 list)."""
 
@@ -67,14 +78,22 @@ class EncodeActor:
         self.encoder = open_encoder(spec.model, spec.preset, base=spec.base, device=spec.device,
                                     dtype=getattr(torch, spec.dtype), max_batch_tokens=spec.max_batch_tokens,
                                     max_batch_size=spec.max_batch_size)
+        self.window = window_for(self.encoder, spec.passage_tokens, spec.passage_stride)
 
     def __call__(self, batch):
+        """A row per passage (a long document split as index_corpus splits it), with its vector."""
         import pyarrow as pa
 
-        enc = self.encoder.encode([passage_text(d) for d in _documents(batch)], "passage", truncate=True)
+        passages = [p for d in _documents(batch) for p in split(d, self.encoder.tokenizer, self.window)]
+        enc = self.encoder.encode([passage_text(p.doc) for p in passages], "passage", truncate=True)
         flat = pa.array(enc.vectors.astype(np.float32).reshape(-1))
-        batch = batch.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, enc.vectors.shape[1]))
-        return batch.append_column("truncated", pa.array([enc.truncated_tokens] + [0] * (batch.num_rows - 1)))
+        return pa.table({
+            "doc_id": [p.doc.doc_id for p in passages], "title": [p.doc.title for p in passages],
+            "text": [p.doc.text for p in passages], "metadata": [json.dumps(p.doc.metadata) for p in passages],
+            "passage": [p.index for p in passages], "start": [p.span[0] for p in passages],
+            "end": [p.span[1] for p in passages],
+            "vector": pa.FixedSizeListArray.from_arrays(flat, enc.vectors.shape[1]),
+            "truncated": [enc.truncated_tokens] + [0] * (len(passages) - 1)})
 
 
 def read_dataset(corpus: str | Path):
@@ -117,9 +136,12 @@ def index_with_ray(
         if not created:
             store.create_collection(collection, dim, info)
             created = True
-        store.upsert(collection, _documents(batch), matrix.flatten().to_numpy().reshape(-1, dim))
-        stats.seen += batch.num_rows
-        stats.indexed += batch.num_rows
+        passages = _passages(batch)
+        store.upsert(collection, passages, matrix.flatten().to_numpy().reshape(-1, dim))
+        documents = sum(p.index == 0 for p in passages)
+        stats.seen += documents
+        stats.indexed += documents
+        stats.passages += len(passages)
         stats.truncated_tokens += sum(batch.column("truncated").to_pylist())
     if created:
         store.optimize(collection)

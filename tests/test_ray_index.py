@@ -13,6 +13,7 @@ import pytest
 from helpers import reprank_cmd
 
 from indexer.corpus import read_corpus
+from indexer.passages import Window
 from indexer.ray_index import EncoderSpec, index_with_ray
 from indexer.run import collection_info, index_corpus
 from models import encoder_source, open_encoder
@@ -53,8 +54,11 @@ def ray_local():
 
 
 def points(store: ServerStore, name: str) -> dict:
+    """Stored points by (document, passage), their payloads without the write's version."""
     records, _ = store._client.scroll(name, limit=1000, with_payload=True, with_vectors=True)
-    return {str(r.id): r for r in records}
+    for r in records:
+        assert isinstance(r.payload.pop("version"), int)
+    return {(r.payload["doc_id"], r.payload["passage"]): r for r in records}
 
 
 def write_corpus(path):
@@ -68,22 +72,25 @@ def write_corpus(path):
 
 @pytest.mark.parametrize("name", ["corpus.jsonl.gz", "corpus.parquet"])
 def test_ray_engine_writes_the_same_points(ray_local, tiny_llama, tmp_path, name):
+    """Long documents too: a window of 12 tokens splits most of them into passages, in both engines alike."""
     corpus = write_corpus(tmp_path / name)
-    spec = EncoderSpec(str(tiny_llama), "smollm2")
+    spec = EncoderSpec(str(tiny_llama), "smollm2", passage_tokens=12, passage_stride=9)
     source, preset = encoder_source(spec.model, spec.preset)
 
     single, ray_store = ServerStore(location=":memory:"), ServerStore(location=":memory:")
     enc = open_encoder(spec.model, spec.preset)
-    index_corpus(read_corpus(corpus), enc, single, "docs", chunk_size=8, progress=False)
+    index_corpus(read_corpus(corpus), enc, single, "docs", chunk_size=8, progress=False, window=Window(12, 9))
     info = collection_info(source, preset)
     assert single.collection_info("docs")["info"] == info and info["revision"] == model_revision(source)
     enc.close()
 
     stats = index_with_ray(corpus, spec, info, ray_store, "docs", chunk_size=8)
-    assert stats.indexed == len(RECORDS)
-    assert ray_store.collection_info("docs") == single.collection_info("docs")
     a, b = points(single, "docs"), points(ray_store, "docs")
-    assert a.keys() == b.keys() and len(a) == len(RECORDS)
+    assert stats.indexed == len(RECORDS) and stats.passages == len(a) > len(RECORDS)
+    times = ("created", "updated")
+    assert ({k: v for k, v in ray_store.collection_info("docs").items() if k not in times}
+            == {k: v for k, v in single.collection_info("docs").items() if k not in times})
+    assert a.keys() == b.keys()
     for pid, p in a.items():
         assert b[pid].payload == p.payload
         assert np.allclose(b[pid].vector["dense"], p.vector["dense"], atol=1e-5)
