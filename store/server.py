@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -54,6 +55,26 @@ def _server_filter(conds: list[Cond]) -> qm.Filter | None:
     return qm.Filter(must=out)
 
 
+class _OneAtATime:
+    """qdrant-client's local mode keeps a collection in numpy arrays without locks: a search while the
+    service's thread pool runs a write can see them mid-resize (a 500 found by the concurrency test).
+    Local mode gets its calls one at a time; a real server handles concurrency itself."""
+
+    def __init__(self, client: QdrantClient):
+        self._client, self._lock = client, threading.RLock()
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call
+
+
 def _server_sparse(v: edge.SparseVector) -> qm.SparseVector:
     return qm.SparseVector(indices=list(v.indices), values=list(v.values))
 
@@ -85,7 +106,7 @@ class ServerStore(Closing):
         if url is not None:
             self._client = QdrantClient(url=url, api_key=api_key, **client_options)
         else:
-            self._client = QdrantClient(location=location, **client_options)
+            self._client = _OneAtATime(QdrantClient(location=location, **client_options))
         self._described: dict[str, tuple[int, dict]] = {}  # name -> (dense dimension, info), read once per name
 
     @contextlib.contextmanager
