@@ -23,6 +23,7 @@ class LocalModel:
 
     def __init__(self, runtime: ModelRuntime, task: Task, model_arg: str, metrics: Metrics, dtype: str):
         self.runtime, self.task, self.model_id, self.metrics = runtime, task, model_arg, metrics
+        self._window = None  # the passage window, from the settings on the first write
         self.names = served_names(model_arg, runtime.preset.name)
         self._card = ModelCard(  # fixed for the process's life; search reads it on every request
             id=model_arg, task=task, preset=runtime.preset.name, source=runtime.model.source,
@@ -49,8 +50,9 @@ class LocalModel:
 
     def passages(self, doc: Document, settings: Settings) -> list[Passage]:
         """A document as the indexer stores it: split by this encoder's tokenizer when over its window."""
-        window = window_for(self.runtime, settings.passage_tokens, settings.passage_stride)
-        return split(doc, self.runtime.tokenizer, window)
+        if self._window is None:
+            self._window = window_for(self.runtime, settings.passage_tokens, settings.passage_stride)
+        return split(doc, self.runtime.tokenizer, self._window)
 
     async def rerank(self, query: str, documents: list[str], truncate: bool) -> Scored:
         return await self._join(query, documents, truncate)

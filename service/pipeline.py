@@ -131,8 +131,7 @@ class Pipeline:
 
     def _write(self, collection: str, passages: list[Passage], vectors, info: dict) -> bool:
         with self._write_lock:
-            created = collection not in self.store.list_collections()
-            self.store.create_collection(collection, vectors.shape[1], info)  # refuses another encoder's (409)
+            created = self.store.create_collection(collection, vectors.shape[1], info)  # another encoder's: 409
             self.store.upsert(collection, passages, vectors)
             return created
 

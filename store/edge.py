@@ -36,6 +36,7 @@ from store.layout import (
 )
 
 _ID_BATCH = 1024
+_VERSION = edge.PayloadSelector.Include(["version"])  # all a first passage is read for: its committed version
 
 
 def _edge_filter(conds: list[Cond]) -> edge.Filter | None:
@@ -100,12 +101,12 @@ class EdgeStore(Closing):
                 self._open[name] = (edge.EdgeShard.load(str(self._dir(name) / "shard")), meta)
         return self._open[name]
 
-    def create_collection(self, name: str, dim: int, info: dict) -> None:
+    def create_collection(self, name: str, dim: int, info: dict) -> bool:
         with self._lock:
             meta = self._read_meta(name)
             if meta is not None:
                 check_compatible(name, meta["dim"], meta["info"], dim, info)
-                return
+                return False
             config = edge.EdgeConfig(
                 vectors={DENSE: edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)},
                 sparse_vectors={SPARSE: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
@@ -126,6 +127,7 @@ class EdgeStore(Closing):
             meta = {"dim": dim, "info": info, "created": now(), "updated": now()}
             self._write_meta(name, meta)  # written last: marks the collection complete
             self._open[name] = (shard, meta)
+            return True
 
     def _write_meta(self, name: str, meta: dict) -> None:
         tmp = self._dir(name) / "reprank.json.tmp"
@@ -196,7 +198,7 @@ class EdgeStore(Closing):
             found: dict[str, int | None] = {}
             for ids in chunks(list(by_id), _ID_BATCH):
                 with self._errors(name):
-                    found.update((by_id[str(r.id)], r.payload.get("version")) for r in shard.retrieve(ids, True, False))
+                    found.update((by_id[str(r.id)], r.payload.get("version")) for r in shard.retrieve(ids, _VERSION, False))
             return found
 
     def count(self, name: str) -> int:

@@ -148,12 +148,12 @@ class ServerStore(Closing):
     def _dim(self, name: str) -> int:
         return (self._described.get(name) or self._describe(name))[0]
 
-    def create_collection(self, name: str, dim: int, info: dict) -> None:
+    def create_collection(self, name: str, dim: int, info: dict) -> bool:
         with self._errors(check_name(name)):
             exists = self._client.collection_exists(name)
         if exists:
             check_compatible(name, *self._describe(name), dim, info)
-            return
+            return False
         c = self.config
         with self._errors(name):
             self._client.create_collection(
@@ -168,6 +168,7 @@ class ServerStore(Closing):
             for field_name, kind in indexes:
                 self._client.create_payload_index(name, field_name, INDEX_TYPES[kind], wait=True)
         self._described[name] = dim, info
+        return True
 
     # Aliases: a stable name over versioned collections, moved atomically
 
