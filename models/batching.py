@@ -78,6 +78,7 @@ class TokenBatcher:
         self._closed = False
         self.dropped = 0  # sequences whose future was cancelled before their batch ran
         self._tokens_per_s: float | None = None  # measured drain rate (moving average of cost tokens/s)
+        self.real_tokens_per_s: float | None = None  # the same in real tokens: padding included in the time
         self._measured = 0  # cost tokens behind that rate
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -243,6 +244,8 @@ class TokenBatcher:
         cost = stats.padded_tokens if self.padded else stats.tokens
         rate = cost / max(stats.seconds, 1e-6)
         self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
+        real = stats.tokens / max(stats.seconds, 1e-6)
+        self.real_tokens_per_s = real if self.real_tokens_per_s is None else 0.8 * self.real_tokens_per_s + 0.2 * real
         self._measured += cost
         if self._on_batch:
             try:

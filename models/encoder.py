@@ -25,19 +25,21 @@ class Encoder(ModelRuntime):
             "passage": TemplateRenderer(model.tokenizer, preset.passage_template, max_len),
         }
 
-    def tokenize(self, texts: list[str], side: Side, truncate: bool) -> tuple[list[list[int]], int]:
+    def tokenize(self, texts: list[str], side: Side, truncate: bool) -> tuple[list[list[int]], list[int]]:
+        """Each text's token ids and how many of its tokens were cut."""
         rendered = [
             self._render[side].render({"text": t}, truncate, label=f"input[{i}]") for i, t in enumerate(texts)
         ]
-        return [r.ids for r in rendered], sum(r.truncated for r in rendered)
+        return [r.ids for r in rendered], [r.truncated for r in rendered]
 
     def submit(self, texts: list[str], side: Side = "passage", truncate: bool = False) -> Future:
         """Future of `Encoded`; raises InputTooLong or QueueFull before anything is queued."""
         seqs, truncated = self.tokenize(texts, side, truncate)
-        tokens = sum(len(s) for s in seqs)
+        lengths = [len(s) for s in seqs]
         return gather(
             self.batcher.submit(seqs),
-            lambda rows: Encoded(np.stack(rows) if rows else np.zeros((0, self.dim), np.float32), tokens, truncated),
+            lambda rows: Encoded(np.stack(rows) if rows else np.zeros((0, self.dim), np.float32), sum(lengths),
+                                 sum(truncated), lengths, truncated),
         )
 
     def encode(self, texts: list[str], side: Side = "passage", truncate: bool = True) -> Encoded:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from concurrent.futures import Future
 
+import anyio.to_thread
 import torch
 
 from models.batching import gather
-from models.interfaces import Scored
+from models.interfaces import RerankCost, Scored
 from models.presets import RerankerPreset
 from models.runtime import ModelRuntime
 from models.templates import TemplateRenderer
@@ -39,20 +40,40 @@ class Reranker(ModelRuntime):
         if self._likelihood and preset.template[-1].strip() != "{query}":
             raise ValueError(f"preset {preset.name}: a query-likelihood template must end with the query segment")
 
-    def tokenize(self, query: str, documents: list[str], truncate: bool) -> tuple[list[list[int]], int]:
+    def tokenize(self, query: str, documents: list[str], truncate: bool) -> tuple[list[list[int]], list[int]]:
+        """Each pair's token ids and how many of its tokens were cut."""
         rendered = [
             self._render.render({"query": query, "document": d}, truncate, label=f"documents[{i}]")
             for i, d in enumerate(documents)
         ]
         seqs = [Pair(r.ids, r.tail) if self._likelihood else r.ids for r in rendered]
-        return seqs, sum(r.truncated for r in rendered)
+        return seqs, [r.truncated for r in rendered]
 
     def submit(self, query: str, documents: list[str], truncate: bool = False) -> Future:
         """Future of `Scored`; raises InputTooLong or QueueFull before anything is queued."""
         seqs, truncated = self.tokenize(query, documents, truncate)
-        tokens = sum(len(s) for s in seqs)
-        return gather(self.batcher.submit(seqs), lambda scores: Scored(list(scores), tokens, truncated,
-                                                                       self.relevance(scores)))
+        lengths = [len(s) for s in seqs]
+        return gather(self.batcher.submit(seqs), lambda scores: Scored(
+            list(scores), sum(lengths), sum(truncated), self.relevance(scores), lengths, truncated))
+
+    def estimate(self, query: str, documents: list[str], held: list[bool] | None = None) -> RerankCost | None:
+        """What reranking each prefix of `documents` would take now, at the batcher's measured rate (real
+        tokens per second: padding and per-batch costs are in the time); a `held` document (cached) costs
+        nothing. None before any batch has run."""
+        rate = self.batcher.real_tokens_per_s
+        if rate is None:
+            return None
+        held = held or [False] * len(documents)
+        seqs, _ = self.tokenize(query, [d for d, h in zip(documents, held, strict=True) if not h], True)
+        lengths = iter(len(s) for s in seqs)
+        prefix = [0.0]
+        for h in held:
+            prefix.append(prefix[-1] + (0 if h else next(lengths)) / rate)
+        return RerankCost(self.batcher.pending_tokens / rate, prefix)
+
+    async def cost(self, query: str, documents: list[str], truncate: bool) -> RerankCost | None:
+        """models.interfaces.PairScorer: `estimate` off the event loop (it tokenizes)."""
+        return await anyio.to_thread.run_sync(self.estimate, query, documents)
 
     def relevance(self, scores: list[float]) -> list[float] | None:
         """Scores in [0, 1], as Cohere, Jina, TEI and vLLM clients expect: a score head's logit through a

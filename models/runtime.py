@@ -122,8 +122,21 @@ class ModelRuntime:
 
     async def join(self, *args):
         """submit() in a worker thread (tokenizing a rerank takes milliseconds), then await its batch.
-        anyio's thread pool is the one the service's routes use (40 threads), not asyncio's small default."""
-        return await asyncio.wrap_future(await anyio.to_thread.run_sync(self.submit, *args))
+        anyio's thread pool is the one the service's routes use (40 threads), not asyncio's small default.
+        Cancelled (a deadline, a budget, a client gone), its sequences are dropped before they run."""
+        submitted: list[Future] = []
+
+        def submit() -> Future:
+            submitted.append(self.submit(*args))
+            return submitted[0]
+
+        try:
+            future = await anyio.to_thread.run_sync(submit)
+        except asyncio.CancelledError:  # cancelled while tokenizing: drop what was queued meanwhile
+            for f in submitted:
+                f.cancel()
+            raise
+        return await asyncio.wrap_future(future)
 
     def close(self) -> None:
         self.batcher.close()

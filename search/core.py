@@ -8,6 +8,7 @@ store.VectorStore. Validation and HTTP shapes stay in the service.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +17,10 @@ from typing import Literal
 
 import anyio.to_thread
 
+from models.batching import DEADLINE
+from models.errors import DeadlineTooShort, QueueFull
 from models.interfaces import PairScorer, TextEncoder
+from search.budget import LimitedBy, rerank_depth, reserve_s
 from search.fusion import RerankFusion, final_scores, order
 from store import Hit, VectorStore, passage_text
 
@@ -37,6 +41,8 @@ class SearchPlan:
     filter: dict | None = None
     truncate: bool = False  # of the query; stored passages are always cut to the reranker's window
     group_by: GroupBy = "passage"  # "document": each document once, at its best passage (MaxP)
+    budget_s: float | None = None  # answer within this (search/budget.py); the request's deadline bounds it too
+    min_rerank: int = 0  # reranked even when the budget does not allow it
 
 
 @dataclass
@@ -50,6 +56,8 @@ class Ranked:
 class Searched:
     results: list[Ranked]
     reranked: bool
+    reranked_count: int = 0  # candidates the reranker scored
+    limited_by: LimitedBy | None = None  # why fewer than planned (search/budget.py)
     query_tokens: int = 0
     rerank_tokens: int = 0
     truncated_tokens: int = 0
@@ -86,31 +94,58 @@ class Searcher:
         if plan.rerank and self.reranker is None:
             raise ValueError("a reranked search needs a reranker")
         out = Searched([], reranked=False)
-        start = time.perf_counter()
-        vector = None
-        if plan.retrieval != "bm25":
-            with self._stage("encode", out.timings_ms):
-                q = await self.encoder.embed([query], "query", plan.truncate)
-            vector, out.query_tokens, out.truncated_tokens = q.vectors[0], q.tokens, q.truncated_tokens
-        fetch = (plan.candidates if plan.rerank else plan.top_k) * (GROUP_FETCH if plan.group_by == "document" else 1)
-        with self._stage("search", out.timings_ms):
-            hits = await anyio.to_thread.run_sync(self._retrieve, query, vector, fetch, plan)
-        out.results = [Ranked(h, h.score) for h in hits]
-        if plan.rerank and hits:
-            depth = min(plan.rerank_depth or plan.candidates, len(hits))
-            head = hits[:depth]
-            with self._stage("rerank", out.timings_ms):
-                scored = await self.reranker.rerank(query, [passage_text(h.document) for h in head], True)
-            final = final_scores(scored.scores, plan.fusion)
-            out.results[:depth] = [Ranked(head[i], final[i], scored.relevance[i]) for i in order(final)]
-            out.reranked = True
-            out.rerank_tokens = scored.tokens
-            out.truncated_tokens += scored.truncated_tokens
+        start, began = time.perf_counter(), time.monotonic()
+        deadline = min((t for t in (DEADLINE.get(), plan.budget_s and began + plan.budget_s) if t), default=None)
+        reset = DEADLINE.set(deadline)  # the models' admission refuses work that cannot end by then (429)
+        try:
+            vector = None
+            if plan.retrieval != "bm25":
+                with self._stage("encode", out.timings_ms):
+                    q = await self.encoder.embed([query], "query", plan.truncate)
+                vector, out.query_tokens, out.truncated_tokens = q.vectors[0], q.tokens, q.truncated_tokens
+            fetch = (plan.candidates if plan.rerank else plan.top_k) * (GROUP_FETCH if plan.group_by == "document"
+                                                                         else 1)
+            with self._stage("search", out.timings_ms):
+                hits = await anyio.to_thread.run_sync(self._retrieve, query, vector, fetch, plan)
+            out.results = [Ranked(h, h.score) for h in hits]
+            if plan.rerank and hits:
+                await self._rerank(query, hits, plan, out, deadline and deadline - reserve_s(deadline - began))
+        finally:
+            DEADLINE.reset(reset)
         if plan.group_by == "document":
             out.results = best_per_document(out.results)
         out.results = out.results[: plan.top_k]
         out.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 2)
         return out
+
+    async def _rerank(self, query: str, hits: list[Hit], plan: SearchPlan, out: Searched, until: float | None) -> None:
+        """Rerank the head of `hits` in place in out.results: as deep as the time `until` allows."""
+        planned = min(plan.rerank_depth or plan.candidates, len(hits))
+        texts = [passage_text(h.document) for h in hits[:planned]]
+        depth, timeout = planned, None
+        if until is not None:
+            cost = await self.reranker.cost(query, texts, True)
+            depth, out.limited_by = rerank_depth(cost, planned, until - time.monotonic(), plan.min_rerank)
+            if depth > plan.min_rerank:  # a minimum is reranked whatever it takes
+                timeout = max(until - time.monotonic(), 0.0)
+        if not depth:
+            return
+        try:
+            with self._stage("rerank", out.timings_ms):
+                scored = await asyncio.wait_for(self.reranker.rerank(query, texts[:depth], True), timeout)
+        except TimeoutError:
+            out.limited_by = "deadline"
+            return
+        except (QueueFull, DeadlineTooShort) as e:  # the queue grew since the estimate: answer unreranked
+            if until is None:
+                raise
+            out.limited_by = "queue" if isinstance(e, QueueFull) else "budget"
+            return
+        final = final_scores(scored.scores, plan.fusion)
+        out.results[:depth] = [Ranked(hits[i], final[i], scored.relevance[i]) for i in order(final)]
+        out.reranked, out.reranked_count = True, depth
+        out.rerank_tokens = scored.tokens
+        out.truncated_tokens += scored.truncated_tokens
 
     def _retrieve(self, query: str, vector, limit: int, plan: SearchPlan) -> list[Hit]:
         if plan.retrieval == "bm25":

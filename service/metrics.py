@@ -9,6 +9,7 @@ from models.batching import BatchStats
 
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DEPTHS = (0, 1, 2, 5, 10, 20, 50, 100, 200)
 TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536)
 
 
@@ -41,6 +42,21 @@ class Metrics:
         self.ready = Gauge("reprank_ready", "1 once models are loaded and warmed up", registry=r)
         self._dropped = _Dropped()
         r.register(self._dropped)
+        # latency budgets (search/budget.py) and the result caches (service/cache.py)
+        self.reranked = Histogram("reprank_search_reranked", "candidates reranked per search that asked for a rerank",
+                                  buckets=DEPTHS, registry=r)
+        self.budget_limited = Counter("reprank_search_budget_limited", "searches that reranked fewer candidates "
+                                      "than planned: reason budget (the request's own time) or queue (work ahead)",
+                                      ["reason"], registry=r)
+        self.cache_hits = Counter("reprank_cache_hits", "items answered from a result cache", ["cache"], registry=r)
+        self.cache_misses = Counter("reprank_cache_misses", "items a result cache did not hold (computed)",
+                                    ["cache"], registry=r)
+        self.cache_evictions = Counter("reprank_cache_evictions", "entries dropped to stay under the cache's bound",
+                                       ["cache"], registry=r)
+        self.cache_entries = Gauge("reprank_cache_entries", "entries held by a result cache", ["cache"], registry=r)
+        self.cache_bytes = Gauge("reprank_cache_bytes", "estimated bytes held by a result cache", ["cache"],
+                                 registry=r)
+        self.cache_limit = Gauge("reprank_cache_limit_bytes", "a result cache's bound", ["cache"], registry=r)
         self.worker_seconds = Histogram("reprank_worker_seconds", "gateway: one HTTP attempt to a worker",
                                         ["task"], buckets=LATENCY, registry=r)
         self.worker_failures = Counter("reprank_worker_failures", "gateway: failed attempts to a worker replica",

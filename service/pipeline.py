@@ -47,6 +47,7 @@ class Pipeline:
     def __init__(self, settings: Settings, encoder: ServedModel | None, reranker: ServedModel | None,
                  store: VectorStore | None, metrics: Metrics):
         self.settings, self.encoder, self.reranker, self.store = settings, encoder, reranker, store
+        self.metrics = metrics
         self.encoder_id = encoder.model_id if encoder else None
         self.reranker_id = reranker.model_id if reranker else None
         self.model_ids = {
@@ -192,15 +193,21 @@ class Pipeline:
         if rerank and self.reranker is None:
             raise ApiError(400, "rerank requested but this server was started without a reranker", "invalid_request")
         hybrid = s.hybrid if req.hybrid is None else req.hybrid
+        budget = req.budget_ms or s.search_budget_ms
         return SearchPlan(collection, top_k=req.top_k, candidates=candidates, retrieval="hybrid" if hybrid else "dense",
                           rerank=rerank, fusion=req.rerank_fusion or s.rerank_fusion, filter=req.filter,
-                          truncate=req.truncate, group_by=req.group_by)
+                          truncate=req.truncate, group_by=req.group_by, budget_s=budget and budget / 1000,
+                          min_rerank=s.rerank_min_depth)
 
     async def search(self, req: SearchRequest) -> SearchResponse:
         if self.searcher is None:
             raise ApiError(404, "this process runs --role worker: search is served by the gateway", "not_found")
         plan = self.plan(req)
         found = await self.searcher.search(req.query, plan)
+        if plan.rerank:
+            self.metrics.reranked.observe(found.reranked_count)
+            if found.limited_by:
+                self.metrics.budget_limited.labels(found.limited_by).inc()
         return SearchResponse(
             collection=plan.collection,
             reranked=found.reranked,
@@ -212,5 +219,6 @@ class Pipeline:
             ],
             timings_ms=found.timings_ms,
             usage=SearchUsage(query_tokens=found.query_tokens, rerank_tokens=found.rerank_tokens,
-                              truncated_tokens=found.truncated_tokens),
+                              truncated_tokens=found.truncated_tokens, reranked=found.reranked_count,
+                              rerank_limited_by=found.limited_by),
         )

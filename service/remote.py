@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from models.interfaces import Encoded, Scored, Side
+from models.interfaces import Encoded, RerankCost, Scored, Side
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.schemas import ModelCard
@@ -154,6 +154,11 @@ class RemoteModel:
     def card(self) -> ModelCard:
         assert self._card is not None, "start() first"
         return self._card
+
+    async def cost(self, query: str, documents: list[str], truncate: bool) -> RerankCost | None:
+        """Unknown here (the workers hold the queues and the rates): a budgeted search through a gateway is
+        cut at its budget instead (search/budget.py)."""
+        return None
 
     async def embed(self, texts: list[str], side: Side, truncate: bool) -> Encoded:
         s = self.settings

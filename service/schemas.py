@@ -126,6 +126,9 @@ class SearchRequest(_Request):
     group_by: Literal["passage", "document"] = Field(
         "passage", description="passage: every matching passage; document: each document once, at its best "
         "passage (MaxP), with its passage's text and span")
+    budget_ms: float | None = Field(None, gt=0, description="answer within this many milliseconds: the "
+                                    "rerank goes as deep as fits, the rest keep their retrieval order (default: "
+                                    "the server's REPRANK_SEARCH_BUDGET_MS, else the request's timeout)")
 
 
 class SearchHit(BaseModel):
@@ -144,6 +147,10 @@ class SearchUsage(BaseModel):
     query_tokens: int
     rerank_tokens: int = 0
     truncated_tokens: int = 0
+    reranked: int = Field(0, description="candidates the reranker scored")
+    rerank_limited_by: Literal["budget", "queue", "deadline"] | None = Field(
+        None, description="why fewer candidates than planned were reranked: budget (this search's own work "
+        "did not fit its budget), queue (work queued ahead was in the way), deadline (cut when the time ran out)")
 
 
 class SearchResponse(BaseModel):

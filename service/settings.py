@@ -54,6 +54,16 @@ class Settings(BaseSettings):
                                        "template and 32 tokens for a title")
     passage_stride: int | None = Field(None, description="tokens from one passage's start to the next's; "
                                        "auto: three quarters of passage_tokens")
+    search_budget_ms: float | None = Field(None, description="a search's latency budget when it names none "
+                                           "(budget_ms): it reranks as many candidates as fit (search/budget.py); "
+                                           "none: the request's timeout is its budget")
+    rerank_min_depth: int = Field(0, description="a budget-limited search still reranks this many candidates, "
+                                  "even past its budget (0: a search that cannot fit a rerank answers in "
+                                  "retrieval order)")
+    embedding_cache_mb: float = Field(32.0, description="memory for cached query embeddings (0: off); a repeated "
+                                      "query skips the encoder")
+    rerank_cache_mb: float = Field(32.0, description="memory for cached rerank scores (0: off); keyed by the "
+                                   "model revision, the query and the document's text")
     hybrid: bool = Field(True, description="search fuses dense and BM25 unless a request says 'hybrid': false")
     rerank_fusion: Literal["rrf", "none"] = Field("rrf", description="search order: RRF of retrieval and rerank ranks, or rerank alone")
     warmup: bool = Field(True, description="run one encode and one rerank before /readyz says ready")

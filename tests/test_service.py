@@ -153,8 +153,9 @@ def test_queue_full_gives_429_with_retry_after(server):
     doc = "tokens and more tokens " * 60  # ~300 tokens; 15 of them exceed the 6000-token queue
 
     with ThreadPoolExecutor(12) as pool:  # 12 concurrent requests into the app's one event loop
-        responses = list(pool.map(lambda _: post(server, "/v1/rerank", {"query": "q", "documents": [doc] * 15}),
-                                  range(12)))
+        responses = list(pool.map(  # distinct documents: the score cache would answer repeats
+            lambda r: post(server, "/v1/rerank", {"query": "q", "documents": [f"{doc} {r}.{i}" for i in range(15)]}),
+            range(12)))
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
     rejected = next(r for r in responses if r.status_code == 429)
