@@ -200,7 +200,7 @@ def test_service_monitor_rules_and_dashboard(gpu_docs):
 
     rules = {r["alert"]: r for r in alert_rules(gpu_docs)}
     assert set(rules) >= {"RepRankHighP99Latency", "RepRankHigh5xxRate", "RepRankQueueSaturated",
-                          "RepRankWorkerFailures"}
+                          "RepRankWorkerFailures", "RepRankBudgetLimitedSearches", "RepRankCacheCollapse"}
     p99 = rules["RepRankHighP99Latency"]["expr"]
     assert p99.startswith("histogram_quantile(0.99,") and "reprank_request_seconds_bucket{" in p99
     assert p99.endswith("> 2") and 'namespace="rag"' in p99
@@ -219,8 +219,17 @@ def test_service_monitor_rules_and_dashboard(gpu_docs):
     titles = " | ".join(p["title"].lower() for p in dash["panels"])
     for topic in ("request rate", "latency per route", "latency per stage", "queue depth", "tokens per batch",
                   "padding", "throughput", "rejections", "errors by status", "worker call latency",
-                  "worker failures"):
+                  "worker failures", "cache hit ratio", "bytes vs limit", "reranked depth", "budget-limited"):
         assert topic in titles, topic
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), ids
+    cells = {}  # Grafana's 24-column grid: no two panels share a cell
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        for cell in ((x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])):
+            assert cell not in cells, (p["title"], cells.get(cell))
+            cells[cell] = p["title"]
     for expr in dashboard_exprs(dash):
         assert metric_names(grafana_to_promql(expr)), expr
 
