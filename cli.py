@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queries", type=int, help="the first N queries of the split")
     p.add_argument("--candidates", type=int, default=100, help="retrieved per query (Recall@100 needs 100)")
     p.add_argument("--rerank-depth", type=int, default=20, help="top candidates the reranker rescores")
+    p.add_argument("--budget-ms", type=float, nargs="+", default=[], help="also run each reranked pipeline "
+                   "within these latency budgets (as /v1/search's budget_ms), e.g. 100 300 1000 3000")
     p.add_argument("--no-progress", action="store_true")
     _settings_flags(p, STORE + MODELS)
 
@@ -224,7 +226,7 @@ def cmd_eval(args) -> int:
         metrics, runs, info = evaluate(
             args.dataset, args.split, encoder, reranker, store, collection=args.collection,
             pipelines=pipelines, max_queries=args.max_queries, candidates=args.candidates,
-            rerank_depth=args.rerank_depth, progress=not args.no_progress)
+            rerank_depth=args.rerank_depth, budgets_ms=tuple(args.budget_ms), progress=not args.no_progress)
     print(format_table(metrics, info))
     if args.output:
         print("wrote " + ", ".join(str(p) for p in write_outputs(args.output, metrics, runs)))

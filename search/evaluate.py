@@ -9,13 +9,20 @@ Recall@100 is the first stage's), and `dense+rerank+rrf` / `hybrid+rerank+rrf` (
 with the retrieval ranks, as /v1/search orders them by default). A query is encoded once and a
 (query, passage) pair scored once across the pipelines. Metrics come from ir-measures (pytrec_eval);
 a query that retrieves nothing is scored 0, never dropped from the mean.
+
+With `budgets_ms`, each reranked pipeline runs again per latency budget (named `<pipeline>@<B>ms`),
+each search doing all of its own work (nothing shared with the other pipelines) so that the depth the
+budget allows is the one /v1/search would rerank on an idle server; `info["budgets"]` has their
+latency, mean reranked depth and the share that overran.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,7 +86,8 @@ class _Once:
 def evaluate(dataset: str | Path, split: str, encoder: Encoder, reranker: PairScorer | None, store: VectorStore, *,
              collection: str | None = None, pipelines: tuple[str, ...] = PIPELINES,
              max_queries: int | None = None, candidates: int = 100, rerank_depth: int = 20,
-             progress: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, Run], dict]:
+             budgets_ms: tuple[float, ...] = (), progress: bool = True,
+             ) -> tuple[dict[str, dict[str, float]], dict[str, Run], dict]:
     """(metrics per pipeline, runs per pipeline, info: collection, query count, seconds per stage).
 
     `encoder` is a models.encoder.Encoder (it indexes the corpus, and encodes queries as a
@@ -104,25 +112,43 @@ def evaluate(dataset: str | Path, split: str, encoder: Encoder, reranker: PairSc
 
     identity = collection_info(encoder.model.source, encoder.preset.name)
     plans = {p: plan_of(p, collection, candidates, rerank_depth) for p in pipelines}
+    budgeted = {f"{p}@{b:g}ms": replace(plans[p], budget_s=b / 1000) for b in budgets_ms for p in pipelines
+                if plans[p].rerank}
+    spent: dict[str, list[tuple[float, int]]] = {p: [] for p in budgeted}  # (total ms, reranked) per search
 
     def observe(stage: str, s: float) -> None:
         seconds[stage] = seconds.get(stage, 0.0) + s
 
     async def run_all() -> dict[str, Run]:
-        runs: dict[str, Run] = {p: {} for p in pipelines}
+        runs: dict[str, Run] = {p: {} for p in [*pipelines, *budgeted]}
+        alone = Searcher(store, encoder, reranker, identity=identity)  # a budgeted search does all its own work
         for q in tqdm(qids, desc=f"eval {split}", unit="query", disable=not progress):
             once = _Once(encoder, reranker)
             searcher = Searcher(store, once, once if reranker else None, identity=identity, observe=observe)
             for p, plan in plans.items():
                 found = await searcher.search(queries[q], plan)
                 runs[p][q] = [r.hit.doc_id for r in best_per_document(found.results)]  # a document at its best passage
+            for p, plan in budgeted.items():
+                found = await alone.search(queries[q], plan)
+                runs[p][q] = [r.hit.doc_id for r in best_per_document(found.results)]
+                spent[p].append((found.timings_ms["total"], found.reranked_count))
         return runs
 
     runs = asyncio.run(run_all())
-    metrics = {p: score_run(runs[p], qrels) for p in pipelines}
+    metrics = {p: score_run(runs[p], qrels) for p in runs}
     info = {"dataset": str(dataset), "split": split, "queries": len(qids), "collection": collection,
-            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+            "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "budgets": {p: budget_stats(spent[p], plan.budget_s * 1000) for p, plan in budgeted.items()}}
     return metrics, runs, info
+
+
+def budget_stats(spent: list[tuple[float, int]], budget_ms: float) -> dict[str, float]:
+    """Latency percentiles, mean reranked depth and the share of searches over their budget by over 10 %."""
+    ms = sorted(t for t, _ in spent)
+    return {"budget_ms": budget_ms, "p50_ms": round(statistics.median(ms), 1),
+            "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1),
+            "mean_reranked": round(statistics.fmean(n for _, n in spent), 2),
+            "over_budget_10pct": round(sum(t > 1.1 * budget_ms for t in ms) / len(ms), 4)}
 
 
 def judged(qrels: dict[str, dict[str, int]]) -> list[ir_measures.Qrel]:
@@ -155,7 +181,9 @@ def write_outputs(output: str | Path, metrics: dict, runs: dict[str, Run]) -> li
 
 def format_table(metrics: dict[str, dict[str, float]], info: dict) -> str:
     lines = [f"{info['dataset']} ({info['split']}, {info['queries']} queries, collection {info['collection']})",
-             f"{'pipeline':<18}" + "".join(f"{m:>12}" for m in MEASURES)]
-    lines += [f"{p:<18}" + "".join(f"{v[m]:>12.4f}" for m in MEASURES) for p, v in metrics.items()]
+             f"{'pipeline':<26}" + "".join(f"{m:>12}" for m in MEASURES)]
+    lines += [f"{p:<26}" + "".join(f"{v[m]:>12.4f}" for m in MEASURES) for p, v in metrics.items()]
+    lines += [f"{p}: p50 {b['p50_ms']} ms, p95 {b['p95_ms']} ms, {b['mean_reranked']} reranked on average, "
+              f"{b['over_budget_10pct']:.1%} over budget + 10 %" for p, b in info.get("budgets", {}).items()]
     lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()))
     return "\n".join(lines)

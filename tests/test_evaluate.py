@@ -48,6 +48,13 @@ def test_eval_reports_every_pipeline_and_bm25_is_perfect(dataset, tiny_llama, tm
         qid, q0, doc, rank, score, tag = lines[0].split()
         assert q0 == "Q0" and rank == "1" and tag == f"reprank-{name}" and qid.startswith("dev")
 
+    # a budget no search comes near reranks as deep as no budget, each search doing its own work
+    assert main(args + ["--pipelines", "hybrid+rerank+rrf", "--budget-ms", "60000"]) == 0
+    budgeted = json.loads(out.read_text())
+    assert list(budgeted) == ["hybrid+rerank+rrf", "hybrid+rerank+rrf@60000ms"]
+    assert budgeted["hybrid+rerank+rrf@60000ms"] == budgeted["hybrid+rerank+rrf"]
+    assert "hybrid+rerank+rrf@60000ms: p50" in capsys.readouterr().out
+
     # the second run reuses the complete collection, and --reranker none drops the rerank pipelines
     args[args.index("--reranker") + 1] = "none"
     assert main(args + ["--max-queries", "3"]) == 0
