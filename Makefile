@@ -6,7 +6,7 @@ DATA_DIR ?= data
 COLLECTION ?= debian
 PORT ?= 8000
 
-.PHONY: install demo index serve test lint clean loadtest soak
+.PHONY: install demo index serve test lint clean loadtest loadtest-budgets soak
 
 $(BIN)/reprank: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ $(VENV)/.load-deps: pyproject.toml | $(BIN)/reprank
 
 loadtest: install $(VENV)/.load-deps   # ~1 min RAG mix against the embedded default (README: Load tests)
 	$(BIN)/python -m loadtests.run --kind loadtest --scenario rag-mix --users 4 --duration 60
+
+loadtest-budgets: install $(VENV)/.load-deps   # Zipf-repeated queries, budgets of 300/1000/3000 ms, at saturation
+	$(BIN)/python -m loadtests.run --kind loadtest --scenario zipf-budgets --users 16 --duration 120
 
 soak: install $(VENV)/.load-deps   # saturation, then 2x for 10 min; not part of `make test`
 	$(BIN)/python -m loadtests.run --kind soak --scenario rag-mix --calibration-users 16 --calibration 120 --duration 600 \

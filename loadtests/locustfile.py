@@ -1,16 +1,25 @@
 """Locust scenarios for reprank; every request is also recorded raw for the SLO report (report.py).
 
 Users: SearchRerankUser, SearchUser (no rerank), EmbeddingsUser, RerankUser, RagMixUser (a mix
-close to RAG traffic: mostly searches, some with rerank, plus passage embeddings and direct reranks).
+close to RAG traffic: mostly searches, some with rerank, plus passage embeddings and direct reranks),
+ZipfBudgetUser (reranked searches with a latency budget: queries drawn from a Zipf law over the sample
+queries, so a few repeat often and hit the result caches; each request picks a budget class).
 Sizes come from the environment so that a slow CPU model still gives meaningful numbers:
 LOADTEST_CANDIDATES (reranked per search, default 5), LOADTEST_RERANK_DOCS (5), LOADTEST_EMBED_BATCH (4),
 LOADTEST_USER_RPS (per-user request rate; 0: each user sends its next request as soon as it has an
 answer), LOADTEST_API_KEY, LOADTEST_REQUEST_TIMEOUT (sent as X-Request-Timeout), LOADTEST_RECORD (CSV).
+ZipfBudgetUser: LOADTEST_ZIPF_S (the Zipf exponent, 1.1), LOADTEST_BUDGETS (budget classes in ms,
+"300,1000,3000"), LOADTEST_SEED (1; user i draws from its own generator seeded by (seed, i)).
+
+The CSV has a row per request: t, endpoint, status, ms, retry_after, error, and for budgeted searches
+(empty otherwise) budget_ms, query (the query's Zipf rank, 0 the most frequent), reranked and limited_by
+(the answer's usage) and server_ms (its timings_ms.total).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import random
@@ -25,6 +34,12 @@ RERANK_DOCS = int(os.environ.get("LOADTEST_RERANK_DOCS", "5"))
 EMBED_BATCH = int(os.environ.get("LOADTEST_EMBED_BATCH", "4"))
 USER_RPS = float(os.environ.get("LOADTEST_USER_RPS", "0"))
 COLLECTION = os.environ.get("LOADTEST_COLLECTION")
+ZIPF_S = float(os.environ.get("LOADTEST_ZIPF_S", "1.1"))
+BUDGETS = [float(b) for b in os.environ.get("LOADTEST_BUDGETS", "300,1000,3000").split(",") if b.strip()]
+SEED = int(os.environ.get("LOADTEST_SEED", "1"))
+COLUMNS = ["t", "endpoint", "status", "ms", "retry_after", "error",
+           "budget_ms", "query", "reranked", "limited_by", "server_ms"]
+EXTRA = COLUMNS[6:]  # recorded from a request's context: what ZipfBudgetUser sets, empty for the others
 
 
 def _read(name: str, field: str, limit: int) -> list[str]:
@@ -49,18 +64,19 @@ def _open_record(**_kw) -> None:
     if path:
         _record["file"] = open(path, "w", newline="")
         _record["writer"] = csv.writer(_record["file"])
-        _record["writer"].writerow(["t", "endpoint", "status", "ms", "retry_after", "error"])
+        _record["writer"].writerow(COLUMNS)
 
 
 @events.request.add_listener
-def _on_request(name, response_time, response=None, exception=None, **_kw) -> None:
+def _on_request(name, response_time, response=None, exception=None, context=None, **_kw) -> None:
     if _record["writer"] is None:
         return
     status = getattr(response, "status_code", 0) or 0
     retry = response.headers.get("retry-after", "") if response is not None and status else ""
     error = getattr(response, "error", None) if not status else None  # what a failed connection raised
+    extra = ["" if (v := (context or {}).get(k)) is None else v for k in EXTRA]
     _record["writer"].writerow([f"{time.time():.3f}", name, status, f"{response_time:.1f}", retry,
-                                repr(error)[:200] if error else ""])
+                                repr(error)[:200] if error else "", *extra])
 
 
 @events.quitting.add_listener
@@ -73,10 +89,12 @@ class _Reprank(HttpUser):
     abstract = True
     wait_time = constant_throughput(USER_RPS) if USER_RPS else constant(0)
 
-    def _post(self, name: str, path: str, payload: dict) -> None:
+    def _post(self, name: str, path: str, payload: dict, context: dict | None = None) -> None:
         with self.client.post(path, json=payload, headers=HEADERS, name=name, timeout=300,
-                              catch_response=True) as r:
+                              catch_response=True, context=context or {}) as r:
             if r.status_code == 200:
+                if context is not None:  # the answer's figures go to the record (see _on_request)
+                    _note_search(r)
                 r.success()
             else:
                 r.failure(f"HTTP {r.status_code}" if r.status_code else f"no answer: {r.error!r}"[:200])
@@ -131,3 +149,42 @@ class RagMixUser(_Reprank):
     """Per 10 requests: 5 plain searches, 2 searches with rerank, 2 embedding batches, 1 direct rerank."""
 
     tasks = {_Reprank.search: 5, _Reprank.search_rerank: 2, _Reprank.embeddings: 2, _Reprank.rerank: 1}
+
+
+def _note_search(r) -> None:
+    """A search answer's usage and server time, into the context its request event carries."""
+    meta = getattr(r, "request_meta", None)
+    try:
+        body = r.json()
+    except ValueError:
+        return
+    if meta is not None:
+        usage = body.get("usage") or {}
+        meta["context"].update(reranked=usage.get("reranked"), limited_by=usage.get("rerank_limited_by"),
+                               server_ms=(body.get("timings_ms") or {}).get("total"))
+
+
+def zipf_cum_weights(n: int, s: float) -> list[float]:
+    """Cumulative weights of ranks 0..n-1 under Zipf's law with exponent s (P(rank k) ~ 1/(k+1)^s)."""
+    return list(itertools.accumulate(1 / (k + 1) ** s for k in range(n)))
+
+
+class ZipfBudgetUser(_Reprank):
+    """Reranked searches like RAG traffic: Zipf-distributed queries (rank = order in queries.jsonl), each
+    with a budget class sent as budget_ms; endpoint named per class ("search budget=300ms")."""
+
+    _users = itertools.count()  # users of this process in spawn order: user i is seeded by (SEED, i)
+    _cum = zipf_cum_weights(len(QUERIES), ZIPF_S)
+
+    def on_start(self) -> None:
+        self.rng = random.Random(f"{SEED}-{next(self._users)}")
+
+    @task
+    def go(self) -> None:
+        rank = self.rng.choices(range(len(QUERIES)), cum_weights=self._cum)[0]
+        budget = self.rng.choice(BUDGETS)
+        body = {"query": QUERIES[rank], "top_k": min(5, CANDIDATES), "candidates": CANDIDATES, "rerank": True,
+                "budget_ms": budget}
+        if COLLECTION:
+            body["collection"] = COLLECTION
+        self._post(f"search budget={budget:g}ms", "/v1/search", body, {"budget_ms": f"{budget:g}", "query": rank})

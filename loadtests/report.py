@@ -3,6 +3,10 @@
 Latency percentiles are of accepted (200) answers, per endpoint and phase; the error table counts
 every status. For a soak the verdict checks the issue's criteria: RSS growth after warm-up under 5 %,
 no crash, every 429 with Retry-After, and accepted latency at 2x load close to that at saturation.
+A phase whose searches carry a budget class (scenario zipf-budgets) gets per class: latency percentiles,
+the share over budget + 10 % (client and server time), reranked depth and why it was limited, and a
+verdict "p99 within budget + 10 %". With /metrics scraped at a phase's start and end (run.py), it also
+gets the caches' hit rates and the mean reranked depth over the phase.
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ import numpy as np
 
 WARMUP_S = 60  # of the soak phase, counted as warm-up for memory along with the saturation phase
 WINDOW_S = 10
+OVER = 1.10  # a budget is kept when the answer takes at most 10 % more
+LIMITS = ("budget", "queue", "deadline")
+
+
+def _num(v: str | None, cast=float):
+    return cast(v) if v not in (None, "") else None
 
 
 def _rows(path: Path) -> list[dict]:
+    """A record's rows; the budget columns (absent in older records, empty for other scenarios) are None."""
     with open(path) as f:
         return [{"t": float(r["t"]), "endpoint": r["endpoint"], "status": int(r["status"]), "ms": float(r["ms"]),
-                 "retry_after": r["retry_after"], "error": r.get("error", "")} for r in csv.DictReader(f)]
+                 "retry_after": r["retry_after"], "error": r.get("error", ""),
+                 "budget_ms": _num(r.get("budget_ms")), "query": _num(r.get("query"), int),
+                 "reranked": _num(r.get("reranked"), int), "limited_by": r.get("limited_by") or None,
+                 "server_ms": _num(r.get("server_ms"))} for r in csv.DictReader(f)]
 
 
 def _pct(values: list[float], q: float) -> str:
@@ -72,6 +86,8 @@ def write_report(folder: Path) -> Path:
         seconds = p["end"] - p["start"]
         st = stats[p["name"]] = phase_stats(rows, seconds)
         lines += _phase_section(p, st, seconds, rows)
+        lines += _budget_section(rows)
+        lines += _cache_section(p, rows)
     warm_until = phases[-1][0]["start"] + (WARMUP_S if meta["kind"] == "soak" else 0)
     mem = rss_summary(rss, warm_until)
     if mem:
@@ -98,7 +114,14 @@ def _setup(meta: dict) -> str:
             f"samples/debian-1k; env overrides: {env}. Requests: searches take top 5 of {meta['candidates']} "
             f"candidates, reranks score {meta['candidates']} documents, embeddings send 4 passages. Machine: "
             f"{meta['cpus']} CPUs, load average at the end {meta['load_average'][0]:.1f} (the server and the "
-            "load generator share these cores).")
+            "load generator share these cores)." + _zipf(meta))
+
+
+def _zipf(meta: dict) -> str:
+    z = meta.get("zipf")
+    return (f" Searches (zipf-budgets): queries drawn by Zipf's law (exponent {z['s']:g}) over 100 sample "
+            f"queries, budget classes {z['budgets']} ms picked uniformly, rerank on, seed {z['seed']}."
+            if z else "")
 
 
 def _phase_section(p: dict, st: dict, seconds: float, rows: list[dict]) -> list[str]:
@@ -124,6 +147,81 @@ def _phase_section(p: dict, st: dict, seconds: float, rows: list[dict]) -> list[
     if unanswered:
         tail += ["No answer (connection failed): " + "; ".join(f"{n} x {e}" for e, n in unanswered.items()), ""]
     return head + table + ["", "Answers by status:", ""] + status + [""] + tail
+
+
+def _budget_section(rows: list[dict]) -> list[str]:
+    """Per budget class: latency, over-budget shares, reranked depth, limits; and the p99 verdict."""
+    classes = sorted({r["budget_ms"] for r in rows if r["budget_ms"] is not None})
+    if not classes:
+        return []
+    seen, repeat = set(), {}
+    for r in sorted(rows, key=lambda r: r["t"]):
+        if r["query"] is not None:
+            repeat[id(r)] = r["query"] in seen
+            seen.add(r["query"])
+    table = ["### Latency budgets", "",
+             "Accepted (200) answers per budget class; over budget: took more than the budget + 10 %, by the "
+             "client's clock or the server's own `timings_ms.total`; reranked: `usage.reranked`, also split by "
+             "a query new to the phase / sent before in it; limited by: `usage.rerank_limited_by`.", "",
+             "| budget | answers | p50 ms | p95 ms | p99 ms | server p99 ms | over budget (client) | "
+             "over budget (server) | mean reranked | new / repeated query | limited: none / " + " / ".join(LIMITS)
+             + " |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    verdict = ["| criterion | result | figure |", "|---|---|---|"]
+    for b in classes:
+        ok = [r for r in rows if r["budget_ms"] == b and r["status"] == 200]
+        ms = [r["ms"] for r in ok]
+        server = [r["server_ms"] for r in ok if r["server_ms"] is not None]
+        depth = [r["reranked"] for r in ok if r["reranked"] is not None]
+        by_new = [[r["reranked"] for r in ok if r["reranked"] is not None and repeat.get(id(r)) is again]
+                  for again in (False, True)]
+        limited = Counter(r["limited_by"] for r in ok)
+        table.append(
+            f"| {b:g} ms | {len(ok)} | {_pct(ms, 50)} | {_pct(ms, 95)} | {_pct(ms, 99)} | {_pct(server, 99)} | "
+            f"{_share(ms, b)} | {_share(server, b)} | {_mean(depth)} | {_mean(by_new[0])} / {_mean(by_new[1])} | "
+            + " / ".join(f"{limited.get(k, 0) / len(ok):.0%}" if ok else "-" for k in (None, *LIMITS)) + " |")
+        p99 = float(np.percentile(ms, 99)) if ms else None
+        verdict.append(f"| p99 within budget + 10 %: {b:g} ms class | "
+                       f"{'-' if p99 is None else 'PASS' if p99 <= OVER * b else 'FAIL'} | "
+                       f"p99 {'-' if p99 is None else f'{p99:,.0f}'} ms vs {OVER * b:,.0f} ms |")
+    return table + ["", "Verdict:", ""] + verdict + [""]
+
+
+def _share(values: list[float], budget: float) -> str:
+    return f"{sum(v > OVER * budget for v in values) / len(values):.1%}" if values else "-"
+
+
+def _mean(values: list[float]) -> str:
+    return f"{np.mean(values):.1f}" if values else "-"
+
+
+def _cache_section(p: dict, rows: list[dict]) -> list[str]:
+    """The difference of the /metrics counters scraped at the phase's start and end (run.py)."""
+    start, end = p.get("metrics_start"), p.get("metrics_end")
+    if start is None or end is None:
+        return []
+    delta = {k: v - start.get(k, 0.0) for k, v in end.items()}
+    out = ["### Caches and rerank depth (/metrics, end of the phase less its start)", ""]
+    caches = sorted({k.split('cache="', 1)[1].split('"', 1)[0] for k in delta if 'cache="' in k})
+    for c in caches:
+        hits = delta.get(f'reprank_cache_hits_total{{cache="{c}"}}', 0.0)
+        misses = delta.get(f'reprank_cache_misses_total{{cache="{c}"}}', 0.0)
+        rate = f"**{hits / (hits + misses):.1%}**" if hits + misses else "-"
+        out.append(f"- {c} cache: hit rate {rate} ({hits:,.0f} hits, {misses:,.0f} misses)")
+    queries = sorted((r for r in rows if r["query"] is not None), key=lambda r: r["t"])
+    if queries:
+        distinct = len({r["query"] for r in queries})
+        out.append(f"- queries sent: {len(queries)}, distinct {distinct}: {1 - distinct / len(queries):.1%} "
+                   "repeat one sent before (about the best a query-embedding cache can do from empty)")
+    count = delta.get("reprank_search_reranked_count", 0.0)
+    if count:
+        out.append(f"- reranked depth (histogram `reprank_search_reranked`): mean "
+                   f"**{delta.get('reprank_search_reranked_sum', 0.0) / count:.1f}** over {count:,.0f} searches")
+    limited = {k.split('reason="', 1)[1].split('"', 1)[0]: v for k, v in delta.items()
+               if k.startswith("reprank_search_budget_limited_total") and v}
+    if limited:
+        out.append("- searches limited (`reprank_search_budget_limited_total`): "
+                   + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(limited.items())))
+    return out + [""] if len(out) > 2 else []
 
 
 def _verdict(meta: dict, phases, stats: dict, mem: dict | None) -> list[str]:

@@ -2,12 +2,14 @@
 
     python -m loadtests.run --kind loadtest --scenario rag-mix --users 4 --duration 60
     python -m loadtests.run --kind soak --duration 600          # calibrate saturation, then 2x for 10 min
+    python -m loadtests.run --kind loadtest --scenario zipf-budgets --users 4 --duration 60   # budgets, caches
 
 Without --url it indexes the first --docs documents of samples/debian-1k into data/loadtest (once;
 the indexer skips what is there), serves them with the default models (or --server-env overrides),
 samples the server's RSS with psutil, stops it with SIGTERM and records its exit status. A soak first
 measures the saturating throughput C with a closed loop of --calibration-users users, then offers 2C
-(3x the users, each at 2C/users requests/s) for --duration seconds. The report lands in loadtests/reports/<date>/<kind>/.
+(3x the users, each at 2C/users requests/s) for --duration seconds. /metrics is scraped at the start and
+end of each phase (cache hit rates, reranked depth). The report lands in loadtests/reports/<date>/<kind>/.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from loadtests.report import write_report
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 USERS = {"rag-mix": "RagMixUser", "search-rerank": "SearchRerankUser", "search": "SearchUser",
-         "embeddings": "EmbeddingsUser", "rerank": "RerankUser"}
+         "embeddings": "EmbeddingsUser", "rerank": "RerankUser", "zipf-budgets": "ZipfBudgetUser"}
+CANDIDATES = {"zipf-budgets": 20}  # the default --candidates of a scenario (else 5): budgets must bite
+SCRAPED = ("reprank_cache_hits_total", "reprank_cache_misses_total", "reprank_search_reranked_sum",
+           "reprank_search_reranked_count", "reprank_search_budget_limited_total")
 
 
 def free_port() -> int:
@@ -104,15 +109,39 @@ class RssSampler(threading.Thread):
         return self.samples
 
 
+def scrape(url: str) -> dict[str, float] | None:
+    """The counters of SCRAPED from /metrics, keyed like `name{label="value"}`; None when not served."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Bearer {os.environ['LOADTEST_API_KEY']}"} if os.environ.get("LOADTEST_API_KEY") else {}
+    try:
+        r = httpx.get(url + "/metrics", headers=headers, timeout=10)
+    except httpx.TransportError:
+        return None
+    if r.status_code != 200:
+        return None
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if sample.name in SCRAPED:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
 def run_locust(url: str, scenario: str, users: int, duration: int, record: Path, env: dict) -> dict:
-    """One headless Locust phase; returns its name, time span and settings for the report."""
+    """One headless Locust phase; returns its name, time span and settings for the report, and the
+    scraped counters at its start and end (metrics_start, metrics_end)."""
+    metrics_start = scrape(url)
     start = time.time()
     cmd = [str(BIN / "locust"), "-f", str(ROOT / "loadtests/locustfile.py"), "--headless", "--only-summary",
            "-u", str(users), "-r", str(max(1, users)), "-t", f"{duration}s", "--host", url,
            "--loglevel", "WARNING", "--stop-timeout", "120", USERS[scenario]]
     subprocess.run(cmd, env={**os.environ, **env, "LOADTEST_RECORD": str(record)}, check=False)
-    return {"start": start, "end": time.time(), "users": users, "record": record.name,
-            "user_rps": float(env.get("LOADTEST_USER_RPS", 0))}
+    end = time.time()
+    return {"start": start, "end": end, "users": users, "record": record.name,
+            "user_rps": float(env.get("LOADTEST_USER_RPS", 0)), "metrics_start": metrics_start,
+            "metrics_end": scrape(url)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, default=60, help="seconds of load (soak: of the 2x phase)")
     p.add_argument("--calibration-users", type=int, default=8, help="soak: closed-loop users that saturate")
     p.add_argument("--calibration", type=int, default=90, help="soak: seconds of the saturation phase")
-    p.add_argument("--candidates", type=int, default=5, help="reranked per search (and docs per rerank)")
+    p.add_argument("--candidates", type=int, help="reranked per search (and docs per rerank); default 5, "
+                   "zipf-budgets 20")
+    p.add_argument("--budgets", help='zipf-budgets: budget classes in ms (default $LOADTEST_BUDGETS or "300,1000,3000")')
+    p.add_argument("--zipf-s", type=float, help="zipf-budgets: Zipf exponent (default $LOADTEST_ZIPF_S or 1.1)")
     p.add_argument("--docs", type=int, default=200, help="sample documents indexed for the test")
     p.add_argument("--url", help="an already running server (no RSS, no shutdown check)")
     p.add_argument("--server-env", nargs="*", default=[], metavar="K=V", help="env of the served process")
@@ -132,7 +164,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or ROOT / "loadtests/reports" / dt.date.today().isoformat() / args.kind
     out.mkdir(parents=True, exist_ok=True)
+    if args.candidates is None:
+        args.candidates = CANDIDATES.get(args.scenario, 5)
     env = {"LOADTEST_CANDIDATES": str(args.candidates), "LOADTEST_RERANK_DOCS": str(args.candidates)}
+    if args.budgets:
+        env["LOADTEST_BUDGETS"] = args.budgets
+    if args.zipf_s is not None:
+        env["LOADTEST_ZIPF_S"] = str(args.zipf_s)
     server_env = dict(kv.split("=", 1) for kv in args.server_env)
     server = sampler = None
     if args.url:
@@ -169,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "candidates": args.candidates,
             "docs": args.docs, "server_env": server_env, "phases": phases, "healthy_after": healthy,
             "exit_code": exit_code, "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    if args.scenario == "zipf-budgets":
+        meta["zipf"] = {"s": float(env.get("LOADTEST_ZIPF_S", os.environ.get("LOADTEST_ZIPF_S", "1.1"))),
+                        "budgets": env.get("LOADTEST_BUDGETS", os.environ.get("LOADTEST_BUDGETS", "300,1000,3000")),
+                        "seed": int(os.environ.get("LOADTEST_SEED", "1"))}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     if rss:
         (out / "rss.csv").write_text("t,rss\n" + "".join(f"{t:.1f},{b}\n" for t, b in rss))

@@ -31,8 +31,12 @@ def rerank_depth(cost: RerankCost | None, planned: int, left_s: float,
     `left_s` (but at least `minimum`), and why it is shallower than planned (None: it is not)."""
     if cost is None:
         return planned, None
-    fits = max(d for d in range(planned + 1) if cost.ahead_s + cost.prefix_s[d] <= left_s or d == 0)
-    if fits >= planned:
+
+    def ends(d: int) -> float:  # a prefix of cached pairs never waits for the queue
+        return cost.ahead_s + cost.prefix_s[d] if cost.prefix_s[d] else 0.0
+
+    fits = max(d for d in range(planned + 1) if ends(d) <= left_s or d == 0)
+    if fits >= planned or minimum >= planned:
         return planned, None
     alone = max(d for d in range(planned + 1) if cost.prefix_s[d] <= left_s or d == 0)
-    return max(fits, min(minimum, planned)), "queue" if alone > fits else "budget"
+    return max(fits, minimum), "queue" if alone > fits else "budget"

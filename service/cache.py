@@ -93,8 +93,9 @@ class ResultCache:
             if out[i] is _ABANDONED:
                 retried.append(i)
         if retried:
-            for i, (value, _) in zip(retried, await compute(retried), strict=True):
+            for i, (value, size) in zip(retried, await compute(retried), strict=True):
                 out[i] = value
+                self._put(keys[i], value, size)
         computed_here = len(mine) + len(retried)
         self.metrics.cache_misses.labels(self.name).inc(computed_here)
         self.metrics.cache_hits.labels(self.name).inc(len(keys) - computed_here)

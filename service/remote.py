@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from models.errors import QueueFull
 from models.interfaces import Encoded, RerankCost, Scored, Side
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -96,8 +97,8 @@ class ReplicaPool:
                     raise ApiError(_status_of(r.status_code, message), message, kind)
                 overloaded = overloaded or r.status_code == 429
                 self._failed(url, str(r.status_code), problems, _error_of(r)[0])
-        if overloaded and all("429" in p for p in problems):
-            raise ApiError(429, f"every {self.task} worker is overloaded", "overloaded", {"Retry-After": "1"})
+        if overloaded and all("429" in p for p in problems):  # as a local batcher says it: a search degrades
+            raise QueueFull(f"every {self.task} worker is overloaded")
         raise ApiError(503, f"no {self.task} worker answered ({len(self.urls)} replicas, "
                        f"{self.retries + 1} rounds): {'; '.join(problems[-len(self.urls):])}",
                        "unavailable", {"Retry-After": "1"})

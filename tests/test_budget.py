@@ -130,6 +130,8 @@ def test_an_edited_document_is_rescored(server):
     (0.0, [0, .5, 1.0, 1.5], 0.1, 0, (0, "budget")),
     (0.0, [0, .5, 1.0, 1.5], 0.1, 2, (2, "budget")),
     (0.0, [0, 0, 0, .5], 0.1, 0, (2, "budget")),  # cached pairs cost nothing
+    (5.0, [0, 0, 0, .05], 0.1, 0, (2, "queue")),  # nor wait for the queue
+    (0.0, [0, .5, 1.0, 1.5], 0.1, 5, (3, None)),
 ])
 def test_rerank_depth(ahead, prefix, left, minimum, expected):
     from models.interfaces import RerankCost
