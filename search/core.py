@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import anyio.to_thread
@@ -58,6 +58,7 @@ class Searched:
     reranked: bool
     reranked_count: int = 0  # candidates the reranker scored
     limited_by: LimitedBy | None = None  # why fewer than planned (search/budget.py)
+    retrieval: Retrieval | None = None  # set when it is not the plan's: bm25 when the query could not be embedded in time
     query_tokens: int = 0
     rerank_tokens: int = 0
     truncated_tokens: int = 0
@@ -96,20 +97,21 @@ class Searcher:
         out = Searched([], reranked=False)
         start, began = time.perf_counter(), time.monotonic()
         deadline = min((t for t in (DEADLINE.get(), plan.budget_s and began + plan.budget_s) if t), default=None)
+        until = deadline and deadline - reserve_s(deadline - began)  # the models' work must end by then
         reset = DEADLINE.set(deadline)  # the models' admission refuses work that cannot end by then (429)
         try:
             vector = None
             if plan.retrieval != "bm25":
-                with self._stage("encode", out.timings_ms):
-                    q = await self.encoder.embed([query], "query", plan.truncate)
-                vector, out.query_tokens, out.truncated_tokens = q.vectors[0], q.tokens, q.truncated_tokens
+                vector = await self._encode(query, plan, out, until)
+                if vector is None:
+                    plan = replace(plan, retrieval="bm25")
             fetch = (plan.candidates if plan.rerank else plan.top_k) * (GROUP_FETCH if plan.group_by == "document"
                                                                          else 1)
             with self._stage("search", out.timings_ms):
                 hits = await anyio.to_thread.run_sync(self._retrieve, query, vector, fetch, plan)
             out.results = [Ranked(h, h.score) for h in hits]
             if plan.rerank and hits:
-                await self._rerank(query, hits, plan, out, deadline and deadline - reserve_s(deadline - began))
+                await self._rerank(query, hits, plan, out, until)
         finally:
             DEADLINE.reset(reset)
         if plan.group_by == "document":
@@ -117,6 +119,22 @@ class Searcher:
         out.results = out.results[: plan.top_k]
         out.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 2)
         return out
+
+    async def _encode(self, query: str, plan: SearchPlan, out: Searched, until: float | None):
+        """The query's vector; None when a hybrid search with a budget cannot have it in time (the encoder
+        refuses it, or it is not done by `until`): it answers from BM25 alone rather than late or 429."""
+        fallback = plan.budget_s is not None and plan.retrieval == "hybrid" and until is not None
+        try:
+            with self._stage("encode", out.timings_ms):
+                q = await asyncio.wait_for(self.encoder.embed([query], "query", plan.truncate),
+                                           max(until - time.monotonic(), 0.0) if fallback else None)
+        except (TimeoutError, QueueFull, DeadlineTooShort):
+            if not fallback:
+                raise
+            out.retrieval = "bm25"
+            return None
+        out.query_tokens, out.truncated_tokens = q.tokens, q.truncated_tokens
+        return q.vectors[0]
 
     async def _rerank(self, query: str, hits: list[Hit], plan: SearchPlan, out: Searched, until: float | None) -> None:
         """Rerank the head of `hits` in place in out.results: as deep as the time `until` allows."""

@@ -148,6 +148,9 @@ class SearchUsage(BaseModel):
     rerank_tokens: int = 0
     truncated_tokens: int = 0
     reranked: int = Field(0, description="candidates the reranker scored")
+    retrieval: Literal["dense", "hybrid", "bm25"] = Field(
+        "hybrid", description="the retrieval that ran: the request's, or bm25 when a hybrid search with a "
+        "budget could not have its query embedded in time")
     rerank_limited_by: Literal["budget", "queue", "deadline"] | None = Field(
         None, description="why fewer candidates than planned were reranked: budget (this search's own work "
         "did not fit its budget), queue (work queued ahead was in the way), deadline (cut when the time ran out)")

@@ -10,7 +10,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.errors import ApiError
+from models.errors import QueueFull
+from service.errors import as_api_error
 from service.metrics import Metrics
 from service.remote import RemoteModel
 from service.settings import Settings
@@ -98,13 +99,13 @@ def test_overloaded_everywhere_is_429_and_failover_skips_a_busy_replica():
 
     async def go():
         both = remote("embedding", {"http://a": vllm_like(busy, 429), "http://b": vllm_like(busy, 429)})
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(QueueFull) as err:  # as a local batcher's: a budgeted search degrades on it
             await both.embed(["x"], "query", False)
         mixed = remote("embedding", {"http://a": vllm_like(busy, 503), "http://b": vllm_like(ok)})
         for _ in range(3):
             assert (await mixed.embed(["x"], "query", False)).vectors.shape == (1, 2)
         return err.value
 
-    err = asyncio.run(go())
+    err = as_api_error(asyncio.run(go()))
     assert err.status == 429 and err.headers == {"Retry-After": "1"}
     assert len(busy) == 4 + 2 and len(ok) == 3  # 2 replicas x 2 rounds; then each call tried a at most once
