@@ -82,6 +82,13 @@ def test_depth_fits_the_budget_and_says_why(server):
     check_order(r.json())
 
 
+def test_a_budget_too_short_for_the_query_answers_from_bm25(server):
+    body = search(server, query="decoder DTS audio", budget_ms=1)
+    assert body["usage"]["retrieval"] == "bm25" and body["usage"]["reranked"] == 0
+    assert body["results"] and body["usage"]["query_tokens"] == 0
+    assert search(server, query="decoder DTS audio")["usage"]["retrieval"] == "hybrid"
+
+
 def test_overload_cuts_depth_before_refusing(server):
     """Eight searches at once on two cores: the later ones find the reranker busy and rerank less (the
     queue is the reason), and every one is answered."""
