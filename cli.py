@@ -241,6 +241,10 @@ def cmd_train(args) -> int:
 
         export_checkpoint(args)
         return 0
+    if args.recipe == "sources":
+        from training.sources import run
+
+        return run(args)
     if args.threads:
         import torch
 

@@ -8,7 +8,8 @@ Sizes come from the environment so that a slow CPU model still gives meaningful 
 LOADTEST_CANDIDATES (reranked per search, default 5), LOADTEST_RERANK_DOCS (5), LOADTEST_EMBED_BATCH (4),
 LOADTEST_USER_RPS (per-user request rate; 0: each user sends its next request as soon as it has an
 answer), LOADTEST_API_KEY, LOADTEST_REQUEST_TIMEOUT (sent as X-Request-Timeout), LOADTEST_RECORD (CSV).
-ZipfBudgetUser: LOADTEST_ZIPF_S (the Zipf exponent, 1.1), LOADTEST_BUDGETS (budget classes in ms,
+ZipfBudgetUser: LOADTEST_ZIPF_S (the Zipf exponent, 1.1), LOADTEST_ZIPF_RANKS (10000: ranks past the
+100 sample queries are new texts, a sample query with its rank appended: the long tail), LOADTEST_BUDGETS (budget classes in ms,
 "300,1000,3000"), LOADTEST_SEED (1; user i draws from its own generator seeded by (seed, i)).
 
 The CSV has a row per request: t, endpoint, status, ms, retry_after, error, and for budgeted searches
@@ -35,6 +36,7 @@ EMBED_BATCH = int(os.environ.get("LOADTEST_EMBED_BATCH", "4"))
 USER_RPS = float(os.environ.get("LOADTEST_USER_RPS", "0"))
 COLLECTION = os.environ.get("LOADTEST_COLLECTION")
 ZIPF_S = float(os.environ.get("LOADTEST_ZIPF_S", "1.1"))
+ZIPF_RANKS = int(os.environ.get("LOADTEST_ZIPF_RANKS", "10000"))  # ranks past the sample queries are new texts
 BUDGETS = [float(b) for b in os.environ.get("LOADTEST_BUDGETS", "300,1000,3000").split(",") if b.strip()]
 SEED = int(os.environ.get("LOADTEST_SEED", "1"))
 COLUMNS = ["t", "endpoint", "status", "ms", "retry_after", "error",
@@ -174,16 +176,17 @@ class ZipfBudgetUser(_Reprank):
     with a budget class sent as budget_ms; endpoint named per class ("search budget=300ms")."""
 
     _users = itertools.count()  # users of this process in spawn order: user i is seeded by (SEED, i)
-    _cum = zipf_cum_weights(len(QUERIES), ZIPF_S)
+    _cum = zipf_cum_weights(max(ZIPF_RANKS, len(QUERIES)), ZIPF_S)
 
     def on_start(self) -> None:
         self.rng = random.Random(f"{SEED}-{next(self._users)}")
 
     @task
     def go(self) -> None:
-        rank = self.rng.choices(range(len(QUERIES)), cum_weights=self._cum)[0]
+        rank = self.rng.choices(range(len(self._cum)), cum_weights=self._cum)[0]
+        query = QUERIES[rank] if rank < len(QUERIES) else f"{QUERIES[rank % len(QUERIES)]} ({rank})"  # the long tail
         budget = self.rng.choice(BUDGETS)
-        body = {"query": QUERIES[rank], "top_k": min(5, CANDIDATES), "candidates": CANDIDATES, "rerank": True,
+        body = {"query": query, "top_k": min(5, CANDIDATES), "candidates": CANDIDATES, "rerank": True,
                 "budget_ms": budget}
         if COLLECTION:
             body["collection"] = COLLECTION

@@ -110,7 +110,7 @@ def write_report(folder: Path) -> Path:
 def _setup(meta: dict) -> str:
     env = ", ".join(f"`{k}={v}`" for k, v in meta["server_env"].items()) or "none"
     return (f"Server: {meta['url']} with the default models (bundled SmolLM2-135M encoder and reranker with their trained adapters, "
-            f"fp32 on CPU) over the embedded Qdrant Edge store holding the first {meta['docs']} documents of "
+            f"{'/'.join(meta.get('dtypes') or ['dtype unrecorded'])} on CPU) over the embedded Qdrant Edge store holding the first {meta['docs']} documents of "
             f"samples/debian-1k; env overrides: {env}. Requests: searches take top 5 of {meta['candidates']} "
             f"candidates, reranks score {meta['candidates']} documents, embeddings send 4 passages. Machine: "
             f"{meta['cpus']} CPUs, load average at the end {meta['load_average'][0]:.1f} (the server and the "
@@ -119,8 +119,9 @@ def _setup(meta: dict) -> str:
 
 def _zipf(meta: dict) -> str:
     z = meta.get("zipf")
-    return (f" Searches (zipf-budgets): queries drawn by Zipf's law (exponent {z['s']:g}) over 100 sample "
-            f"queries, budget classes {z['budgets']} ms picked uniformly, rerank on, seed {z['seed']}."
+    return (f" Searches (zipf-budgets): queries drawn by Zipf's law (exponent {z['s']:g}) over "
+            f"{z.get('ranks', 100):,} ranks (the 100 sample queries first, then new texts: a sample query with its "
+            f"rank appended), budget classes {z['budgets']} ms picked uniformly, rerank on, seed {z['seed']}."
             if z else "")
 
 

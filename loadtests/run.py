@@ -113,7 +113,7 @@ def scrape(url: str) -> dict[str, float] | None:
     """The counters of SCRAPED from /metrics, keyed like `name{label="value"}`; None when not served."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    headers = {"Authorization": f"Bearer {os.environ['LOADTEST_API_KEY']}"} if os.environ.get("LOADTEST_API_KEY") else {}
+    headers = _auth()
     try:
         r = httpx.get(url + "/metrics", headers=headers, timeout=10)
     except httpx.TransportError:
@@ -200,15 +200,17 @@ def main(argv: list[str] | None = None) -> int:
                            **run_locust(url, args.scenario, users, args.duration, out / "requests-2x.csv",
                                         soak_env)})
         healthy = _healthy(url)
+        dtypes = _dtypes(url)
     finally:
         rss = sampler.stop() if sampler else []
         exit_code = server.stop() if server else None
     meta = {"kind": args.kind, "scenario": args.scenario, "url": url if args.url else "local reprank serve",
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "candidates": args.candidates,
             "docs": args.docs, "server_env": server_env, "phases": phases, "healthy_after": healthy,
-            "exit_code": exit_code, "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+            "exit_code": exit_code, "cpus": os.cpu_count(), "load_average": os.getloadavg(), "dtypes": dtypes}
     if args.scenario == "zipf-budgets":
         meta["zipf"] = {"s": float(env.get("LOADTEST_ZIPF_S", os.environ.get("LOADTEST_ZIPF_S", "1.1"))),
+                        "ranks": int(os.environ.get("LOADTEST_ZIPF_RANKS", "10000")),
                         "budgets": env.get("LOADTEST_BUDGETS", os.environ.get("LOADTEST_BUDGETS", "300,1000,3000")),
                         "seed": int(os.environ.get("LOADTEST_SEED", "1"))}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -224,6 +226,19 @@ def count_ok(record: Path) -> int:
 
     with open(record) as f:
         return sum(1 for row in csv.DictReader(f) if row["status"] == "200")
+
+
+def _auth() -> dict:
+    return {"Authorization": f"Bearer {os.environ['LOADTEST_API_KEY']}"} if os.environ.get("LOADTEST_API_KEY") else {}
+
+
+def _dtypes(url: str) -> list[str]:
+    """The served models' dtypes, as their /v1/models cards say."""
+    try:
+        cards = httpx.get(url + "/v1/models", headers=_auth(), timeout=10).json().get("data", [])
+    except (httpx.TransportError, ValueError):
+        return []
+    return sorted({c.get("dtype") for c in cards if c.get("dtype")})
 
 
 def _healthy(url: str) -> bool:

@@ -30,7 +30,43 @@ log = logging.getLogger(__name__)
 # When the current request must be answered (time.monotonic()), set by the service per request: a
 # request whose work cannot finish by then is refused at admission instead of timing out later.
 DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("reprank_deadline", default=None)
-MEASURED_ENOUGH = 4096  # padded tokens run before the measured rate is trusted (warm-up batches are tiny)
+MEASURED_ENOUGH = 4096  # tokens run before the measured pace is trusted for refusals (warm-up batches are tiny)
+
+
+class Pace:
+    """Seconds a batch takes, fitted online as fixed + per_token * tokens (exponentially weighted least
+    squares over the batches run; real tokens, so padding is in the time). The fixed part matters on a
+    CPU: a lone 26-token query pays ~6 ms of it, and a rate alone (tokens / seconds) measured on such
+    batches would price a batch of sixteen queued queries at sixteen times one."""
+
+    def __init__(self):
+        self.batches = 0
+        self._x = self._y = self._xx = self._xy = 0.0  # weighted means of tokens, seconds, tokens², tokens·seconds
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.batches += 1
+        w = max(0.05, 1 / self.batches)  # the first batches weigh equally, then the last ~20 count most
+        self._x += w * (tokens - self._x)
+        self._y += w * (seconds - self._y)
+        self._xx += w * (tokens * tokens - self._xx)
+        self._xy += w * (tokens * seconds - self._xy)
+
+    def fit(self) -> tuple[float, float]:
+        """(fixed seconds per batch, seconds per token); proportional when the sizes barely varied."""
+        var = self._xx - self._x * self._x
+        if var > 0.01 * self._x * self._x:
+            per = (self._xy - self._x * self._y) / var
+            fixed = self._y - per * self._x
+            if per > 0 and fixed >= 0:
+                return fixed, per
+        return 0.0, self._y / max(self._x, 1e-9)
+
+    def seconds(self, tokens: int, batches: int = 1) -> float:
+        """How long `tokens` take in `batches` batches; 0 for nothing."""
+        if tokens <= 0:
+            return 0.0
+        fixed, per = self.fit()
+        return batches * fixed + tokens * per
 
 
 @dataclass
@@ -77,9 +113,8 @@ class TokenBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0  # sequences whose future was cancelled before their batch ran
-        self._tokens_per_s: float | None = None  # measured drain rate (moving average of cost tokens/s)
-        self.real_tokens_per_s: float | None = None  # the same in real tokens: padding included in the time
-        self._measured = 0  # cost tokens behind that rate
+        self.pace = Pace()  # the measured cost of a batch
+        self._measured = 0  # real tokens behind it
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -118,21 +153,21 @@ class TokenBatcher:
         return [it.future for it in items]
 
     def _check_deadline(self, seqs: list[list[int]], tokens: int, pending: int) -> None:
-        """Refuse work that would finish after the request's deadline, at the measured rate: 413 when
+        """Refuse work that would finish after the request's deadline, at the measured pace: 413 when
         the request alone is too big for it (with how many of its items would fit), 429 when only the
         work queued ahead is in the way."""
-        deadline, rate = DEADLINE.get(), self._tokens_per_s
-        if not self.deadline_admission or deadline is None or rate is None or self._measured < MEASURED_ENOUGH:
+        deadline = DEADLINE.get()
+        if not self.deadline_admission or deadline is None or self._measured < MEASURED_ENOUGH:
             return
         left = deadline - time.monotonic()
-        own, ahead = tokens / rate, pending / rate
+        own, ahead = self.seconds_for(tokens), self.seconds_for(pending)
         if own > left:
             fits, spent = 0, 0
-            while fits < len(seqs) and (spent + len(seqs[fits])) / rate <= left:
+            while fits < len(seqs) and self.seconds_for(spent + len(seqs[fits])) <= left:
                 spent += len(seqs[fits])
                 fits += 1
             raise DeadlineTooShort(
-                f"this request's {tokens} tokens take about {own:.1f} s at the measured {rate:.0f} tokens/s, "
+                f"this request's {tokens} tokens take about {own:.1f} s at the measured pace, "
                 f"more than the {max(left, 0):.1f} s left before its deadline: the first {fits} of its "
                 f"{len(seqs)} items would fit; send fewer per request, or allow more time (X-Request-Timeout)",
                 fits)
@@ -140,10 +175,13 @@ class TokenBatcher:
             raise QueueFull(f"the {pending} tokens queued ahead would take this request past its deadline "
                             f"({own + ahead:.1f} s needed, {left:.1f} s left)", retry_after=ahead)
 
+    def seconds_for(self, tokens: int) -> float:
+        """How long `tokens` of work take at the measured pace, in batches of max_batch_tokens."""
+        return self.pace.seconds(tokens, -(-tokens // self.max_batch_tokens))
+
     def _drain_seconds(self) -> float:
-        """Retry-After for a refused request: how long the pending tokens take at the measured rate."""
-        rate = self._tokens_per_s
-        return max(1.0, self.pending_tokens / rate) if rate else 1.0
+        """Retry-After for a refused request: how long the pending tokens take at the measured pace."""
+        return max(1.0, self.seconds_for(self.pending_tokens)) if self.pace.batches else 1.0
 
     def close(self) -> None:
         with self._cond:
@@ -241,12 +279,8 @@ class TokenBatcher:
             it.future.set_result(out)
         lengths = [len(it.ids) for it in batch]
         stats = BatchStats(len(batch), sum(lengths), len(batch) * max(lengths), time.perf_counter() - start)
-        cost = stats.padded_tokens if self.padded else stats.tokens
-        rate = cost / max(stats.seconds, 1e-6)
-        self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
-        real = stats.tokens / max(stats.seconds, 1e-6)
-        self.real_tokens_per_s = real if self.real_tokens_per_s is None else 0.8 * self.real_tokens_per_s + 0.2 * real
-        self._measured += cost
+        self.pace.add(stats.tokens, stats.seconds)
+        self._measured += stats.tokens
         if self._on_batch:
             try:
                 self._on_batch(stats)

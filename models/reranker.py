@@ -57,19 +57,19 @@ class Reranker(ModelRuntime):
             list(scores), sum(lengths), sum(truncated), self.relevance(scores), lengths, truncated))
 
     def estimate(self, query: str, documents: list[str], held: list[bool] | None = None) -> RerankCost | None:
-        """What reranking each prefix of `documents` would take now, at the batcher's measured rate (real
-        tokens per second: padding and per-batch costs are in the time); a `held` document (cached) costs
-        nothing. None before any batch has run."""
-        rate = self.batcher.real_tokens_per_s
-        if rate is None:
+        """What reranking each prefix of `documents` would take now, at the batcher's measured pace; a
+        `held` document (cached) costs nothing. None before any batch has run."""
+        batcher = self.batcher
+        if not batcher.pace.batches:
             return None
         held = held or [False] * len(documents)
         seqs, _ = self.tokenize(query, [d for d, h in zip(documents, held, strict=True) if not h], True)
         lengths = iter(len(s) for s in seqs)
-        prefix = [0.0]
+        tokens, prefix = 0, [0.0]
         for h in held:
-            prefix.append(prefix[-1] + (0 if h else next(lengths)) / rate)
-        return RerankCost(self.batcher.pending_tokens / rate, prefix)
+            tokens += 0 if h else next(lengths)
+            prefix.append(batcher.seconds_for(tokens))
+        return RerankCost(batcher.seconds_for(batcher.pending_tokens), prefix)
 
     async def cost(self, query: str, documents: list[str], truncate: bool) -> RerankCost | None:
         """models.interfaces.PairScorer: `estimate` off the event loop (it tokenizes)."""

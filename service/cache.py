@@ -76,6 +76,9 @@ class ResultCache:
             else:
                 self._flight[k] = loop.create_future()
                 mine.append(i)
+        held = len(keys) - len(mine) - len(waits)
+        self.metrics.cache_hits.labels(self.name).inc(held)
+        self.metrics.cache_misses.labels(self.name).inc(len(mine))  # counted before computing: a failure is a miss
         if mine:
             try:
                 computed = await compute(mine)
@@ -92,13 +95,12 @@ class ResultCache:
             out[i] = await asyncio.shield(future)
             if out[i] is _ABANDONED:
                 retried.append(i)
+        self.metrics.cache_hits.labels(self.name).inc(len(waits) - len(retried))
+        self.metrics.cache_misses.labels(self.name).inc(len(retried))
         if retried:
             for i, (value, size) in zip(retried, await compute(retried), strict=True):
                 out[i] = value
                 self._put(keys[i], value, size)
-        computed_here = len(mine) + len(retried)
-        self.metrics.cache_misses.labels(self.name).inc(computed_here)
-        self.metrics.cache_hits.labels(self.name).inc(len(keys) - computed_here)
         return out
 
 
