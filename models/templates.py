@@ -24,7 +24,8 @@ class TemplateRenderer:
         self.template = template
         self.max_length = max_length
         self._literal: dict[str, list[int]] = {}
-        special = {"<bos>": tokenizer.bos_token_id, "<eos>": tokenizer.eos_token_id}
+        special = {"<bos>": tokenizer.bos_token_id, "<eos>": tokenizer.eos_token_id,
+                   "<cls>": getattr(tokenizer, "cls_token_id", None), "<sep>": getattr(tokenizer, "sep_token_id", None)}
         for seg in template:
             if seg in special:
                 if special[seg] is None:

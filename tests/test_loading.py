@@ -131,3 +131,26 @@ def test_default_rerank_depth_is_chosen_by_where_the_reranker_runs():
     assert Settings(device="cuda").search_candidates() == 20
     assert Settings(device="cpu", role="gateway").search_candidates() == 20
     assert Settings(device="cpu", default_candidates=7).search_candidates() == 7
+
+
+def test_bundled_minilm_matches_sentence_transformers_convention():
+    """all-MiniLM-L6-v2 through reprank's encoder equals its model card's recipe (mean of the token states
+    under the attention mask, L2-normalised) computed with plain transformers."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from models import open_encoder
+    from models.loading import source_path
+
+    texts = ["how to burn a CD", "A tool that writes CDs and DVDs from the command line, with a long tail " * 3]
+    with open_encoder("all-minilm-l6-v2", dtype=torch.float32) as enc:
+        ours = enc.encode(texts, "passage").vectors
+    path = source_path("bundled:all-minilm-l6-v2")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    assert ours.shape == (2, 384)
+    assert (ours * ref).sum(1).min() > 0.9999
