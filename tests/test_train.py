@@ -310,3 +310,41 @@ def test_frozen_added_tokens_keep_the_init_rows_while_the_lora_learns(llara_adap
     assert json.loads((out / "train_args.json").read_text())["args"]["freeze_added_tokens"] is True
     assert main(["train", "retriever", "--dataset", str(dataset), "--output-dir", str(tmp_path / "no-init"),
                  "--freeze-added-tokens"]) == 2  # nothing to keep fixed: a clear error, not a silent no-op
+
+
+def test_adapt_makes_its_own_pairs_trains_and_keeps_the_best_on_held_out_pairs(llara_adapter, tmp_path):
+    """`train adapt` on an unlabelled corpus: inverse-cloze pairs (the query sentence is not in its passage),
+    LLaRA then contrastive from the given adapter, every checkpoint scored on held-out pairs, the best
+    (or the start) written as a servable adapter with adapt.json."""
+    from models import open_encoder
+    from models.loading import model_revision
+    from training.adapt import write_pseudo
+
+    topics = ["parsing yaml files", "burning optical discs", "editing raster images", "sending mail",
+              "compressing archives", "playing music", "drawing graphs", "tracking time"]
+    corpus = tmp_path / "corpus.jsonl"
+    with open(corpus, "w") as f:
+        for i in range(40):
+            t = topics[i % len(topics)]
+            text = (f"This tool helps with {t} number {i}. It reads input files and writes results quickly. "
+                    f"Options control {t} in detail for case {i}. The manual explains every switch it has.")
+            f.write(json.dumps({"_id": f"doc{i}", "title": "", "text": text}) + "\n")
+    out = tmp_path / "adapted"
+    args = ["train", "adapt", "--corpus", str(corpus), "--output-dir", str(out), "--init", str(llara_adapter[0]),
+            "--llara-steps", "2", "--steps", "4", "--save-every", "2", "--heldout", "6", "--eval-docs", "20",
+            "--seed", "3"]
+    assert main(args) == 0
+    report = json.loads((out / "adapt.json").read_text())
+    assert set(report["heldout_ndcg@10"]) == {"start", "checkpoint-2", "checkpoint-4"}
+    assert report["heldout"] == 6 and report["train"] == report["pairs"] - 6
+    best = max(report["heldout_ndcg@10"].values())
+    assert report["heldout_ndcg@10"][report["chosen"]] == best and report["improved"] == (report["chosen"] != "start")
+    with open_encoder(str(out), "smollm2-retriever") as enc:
+        assert enc.encode(["parsing yaml"], "query").vectors.shape[0] == 1
+    assert (model_revision(str(out)) == model_revision(str(llara_adapter[0]))) == (report["chosen"] == "start")
+    queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (out / "work/pairs/queries.jsonl").open()}
+    passages = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (out / "work/pairs/corpus.jsonl").open()}
+    qrels = [line.split("\t")[:2] for line in (out / "work/pairs/qrels/train.tsv").read_text().splitlines()[1:]]
+    assert qrels and all(queries[q] not in passages[d] for q, d in qrels)  # the query sentence was taken out
+    with pytest.raises(ValueError, match="too few"):
+        write_pseudo([], tmp_path / "none", heldout=5, eval_docs=10, seed=0)

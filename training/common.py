@@ -158,6 +158,7 @@ def fit(t: Trainable, loss_fn: Callable[[int], torch.Tensor], args) -> list[floa
         if log_path.exists():  # drop the steps the killed run logged after its last checkpoint
             log_path.write_text(_log_until(log_path, start))
     losses = []
+    fit_began = time.perf_counter()
     t.model.train()
     with open(log_path, "a", encoding="utf-8") as logf:
         for step in range(start, args.max_steps):
@@ -178,8 +179,10 @@ def fit(t: Trainable, loss_fn: Callable[[int], torch.Tensor], args) -> list[floa
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
             if (step + 1) % args.log_every == 0 or step + 1 == args.max_steps:
-                log.info("step %d/%d  loss %.4f  lr %.2e  %.1f s/step", step + 1, args.max_steps, total,
-                         rec["lr"], rec["seconds"])
+                spent = time.perf_counter() - fit_began
+                eta = spent / (step + 1 - start) * (args.max_steps - step - 1)
+                log.info("step %d/%d  loss %.4f  lr %.2e  %.1f s/step  eta %s", step + 1, args.max_steps, total,
+                         rec["lr"], rec["seconds"], time.strftime("%H:%M:%S", time.gmtime(eta)))
             if (step + 1) % args.save_every == 0 or step + 1 == args.max_steps:
                 _save_checkpoint(out, step + 1, t.model, opt, sched, args.keep_checkpoints)
     t.model.eval()
