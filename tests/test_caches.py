@@ -119,3 +119,17 @@ def test_bounded_in_bytes(models):
     assert 0 < len(cache._entries) < 100 and cache.bytes <= 20_000
     assert metrics.cache_evictions.labels("embedding")._value.get() == 100 - len(cache._entries)
     assert cache.holds(("query", False, texts[-1])) and not cache.holds(("query", False, texts[0]))  # LRU
+
+
+def test_a_served_model_keys_its_cache_by_its_weights_revision(tiny_llama, tmp_path):
+    """LocalModel's caches carry the revision its card names (a fingerprint of the weight files), so
+    results of other weights can never be served; a size of 0 turns the cache off."""
+    from service.local import LocalModel
+
+    rr = open_reranker(str(tiny_llama), "smollm2-reranker")
+    try:
+        served = LocalModel(rr, "rerank", "tiny", Metrics(), "float32", cache_mb=1)
+        assert served.cache.revision == served.card().revision and served.cache.revision
+        assert LocalModel(rr, "rerank", "tiny", Metrics(), "float32", cache_mb=0).cache is None
+    finally:
+        rr.close()

@@ -89,6 +89,18 @@ def test_gateway_search_equals_single_process(cluster, single_answer):
     assert 'reprank_worker_failures_total{reason="ConnectError",task="embedding"}' in metrics
 
 
+def test_budgets_through_the_gateway(cluster, single_answer):
+    """The gateway cannot estimate its workers' queues: a budget too short for the query's embedding
+    answers from BM25, a loose one reranks everything, as the single process does."""
+    gw = cluster["gateway"]
+    tight = post(gw, "/v1/search", {**QUERY, "hybrid": True, "budget_ms": 1})
+    assert tight.status_code == 200, tight.text
+    assert tight.json()["usage"]["retrieval"] == "bm25" and tight.json()["usage"]["reranked"] == 0
+    loose = post(gw, "/v1/search", {**QUERY, "budget_ms": 60_000})
+    assert loose.json()["usage"]["rerank_limited_by"] is None
+    same_results(loose.json(), single_answer)
+
+
 def test_worker_errors_pass_through_and_workers_serve_no_search(cluster):
     gw, enc = cluster["gateway"], cluster["encoder"]
     assert_error(post(gw, "/v1/embeddings", {"input": "x " * 2000}), 413)  # the worker's own 413
