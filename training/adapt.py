@@ -29,6 +29,7 @@ from indexer.corpus import read_corpus
 from models.loading import source_path
 from store import Document
 from training.data import sentences
+from training.sources import Record, write_beir
 
 log = logging.getLogger("reprank.train")
 MIN_WORDS = 12  # a passage left after removing its query sentence must still say something
@@ -57,28 +58,17 @@ def write_pseudo(docs: list[Document], out: Path, *, heldout: int, eval_docs: in
         raise ValueError(f"{len(pairs)} pseudo pairs from {len(docs)} documents: too few to hold out {heldout}; "
                          "give more documents (with sentences of 4+ words, or titles) or a smaller --heldout")
     rng.shuffle(pairs)
-    held, train = pairs[:heldout], pairs[heldout:]
-    _write_beir(out, [(f"q{i}", q, p) for i, (q, p) in enumerate(pairs)], {"train": train, "heldout": held})
-    pool = [p for _, p in train]
-    extra = rng.sample(pool, max(0, min(len(pool), eval_docs - len(held))))
-    _write_beir(out / "heldout", [(f"q{i}", q, p) for i, (q, p) in enumerate(held)], {"heldout": held},
-                extra=extra)
+    queries = {f"q{i}": q for i, (q, _) in enumerate(pairs)}
+    rel = {f"q{i}": {p.doc_id} for i, (_, p) in enumerate(pairs)}
+    corpus = {p.doc_id: Record(None, p.text, p.title) for _, p in pairs}
+    held = dict(list(rel.items())[:heldout])
+    train = dict(list(rel.items())[heldout:])
+    write_beir(out, queries, corpus, {"train": train, "heldout": held})
+    pool = sorted({d for ds in train.values() for d in ds})
+    keep = {d for ds in held.values() for d in ds} | set(rng.sample(pool, max(0, min(len(pool), eval_docs - heldout))))
+    write_beir(out / "heldout", queries, {d: r for d, r in corpus.items() if d in keep}, {"heldout": held})
     return {"documents": len(docs), "pairs": len(pairs), "train": len(train), "heldout": len(held),
-            "heldout_corpus": len(held) + len(extra)}
-
-
-def _write_beir(out: Path, rows: list[tuple[str, str, Document]], splits: dict[str, list],
-                extra: list[Document] = ()) -> None:
-    (out / "qrels").mkdir(parents=True, exist_ok=True)
-    qid = {id(p): q for q, _, p in rows}
-    with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
-        for p in [*(p for _, _, p in rows), *extra]:
-            f.write(json.dumps({"_id": p.doc_id, "title": p.title, "text": p.text}) + "\n")
-    with open(out / "queries.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"_id": q, "text": text}) + "\n" for q, text, _ in rows)
-    for split, pairs in splits.items():
-        lines = [f"{qid[id(p)]}\t{p.doc_id}\t1\n" for _, p in pairs]
-        (out / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(lines))
+            "heldout_corpus": len(keep)}
 
 
 def recipe_args(recipe: str, argv: list[str]) -> argparse.Namespace:
