@@ -1,7 +1,8 @@
 """Out-of-domain quality: the shipped encoder and search against BM25 and all-MiniLM-L6-v2, same run.
 
 For each BEIR dataset (e.g. the `reprank train sources` dev sets: perlpod, info) the service's default
-models run bm25, dense, hybrid and the default search (hybrid + rerank + RRF); then
+models run bm25, dense, hybrid and the default search (hybrid + rerank + RRF, reranking the top 10 as
+the service does on a CPU); then
 all-MiniLM-L6-v2 (the `all-minilm-l6-v2` preset, fp32) runs dense and hybrid over its own collection.
 An `--encoder` adapter (e.g. one `reprank train adapt` wrote) adds its dense and hybrid rows. Writes a
 JSON and TREC runs (for benchmarks/compare_runs.py) beside it.
@@ -24,7 +25,7 @@ import torch
 from models import open_encoder, open_reranker
 from models.loading import cpu_bf16
 from search.evaluate import evaluate, write_outputs
-from service.settings import Settings
+from service.settings import CPU_CANDIDATES, Settings
 from store import open_store
 
 
@@ -36,6 +37,8 @@ def main() -> None:
     p.add_argument("--encoder", help="also an adapted encoder (a folder `reprank train adapt` wrote)")
     p.add_argument("--no-default", action="store_true", help="skip the shipped models (only MiniLM/--encoder)")
     p.add_argument("--max-queries", type=int)
+    p.add_argument("--rerank-depth", type=int, default=CPU_CANDIDATES, help="the default search's depth "
+                   "(default: the service's on a CPU)")
     p.add_argument("--output", type=Path, required=True)
     args = p.parse_args()
 
@@ -58,9 +61,9 @@ def main() -> None:
                     rerank = any("rerank" in x for x in pipelines)
                     rr = opened.enter_context(open_reranker(s.reranker, dtype=dtype)) if rerank else None
                     metrics, trec, info = evaluate(dataset, args.split, enc, rr, store, pipelines=pipelines,
-                                                   max_queries=args.max_queries)
+                                                   max_queries=args.max_queries, rerank_depth=args.rerank_depth)
                 table.update({f"{label} {k}": v for k, v in metrics.items()})
-                table["queries"] = info["queries"]
+                table["queries"], table["rerank_depth"] = info["queries"], args.rerank_depth
                 write_outputs(args.output.with_name(f"{args.output.stem}.{name}.{label}.json"), metrics, trec)
                 print(name, label, {k: round(v["ndcg@10"], 4) for k, v in metrics.items()}, flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
