@@ -51,6 +51,7 @@ def main() -> None:
     result = {"date": str(date.today()), "cpu": platform.processor() or platform.machine(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": cpu_bf16(),
               "threads": torch.get_num_threads(), "datasets": {}}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     with open_store(s.store_config()) as store:
         for dataset in args.datasets:
             name = Path(dataset).name
@@ -66,8 +67,7 @@ def main() -> None:
                 table["queries"], table["rerank_depth"] = info["queries"], args.rerank_depth
                 write_outputs(args.output.with_name(f"{args.output.stem}.{name}.{label}.json"), metrics, trec)
                 print(name, label, {k: round(v["ndcg@10"], 4) for k, v in metrics.items()}, flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
+                args.output.write_text(json.dumps(result, indent=1) + "\n")  # after each run: a stop keeps them
 
 
 if __name__ == "__main__":
