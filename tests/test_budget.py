@@ -68,12 +68,16 @@ def check_order(body: dict) -> None:
 def test_depth_fits_the_budget_and_says_why(server):
     full = search(server, candidates=20, top_k=20, budget_ms=60_000)
     assert full["usage"]["reranked"] == 20 and full["usage"]["rerank_limited_by"] is None
-    limited_before = metric(server, "reprank_search_budget_limited_total", reason="budget")
+    def limited() -> float:
+        return sum(metric(server, "reprank_search_budget_limited_total", reason=r) for r in ("budget", "deadline"))
+
+    limited_before = limited()
     tight = search(server, query="a program to burn CDs", candidates=20, top_k=20, budget_ms=300)
-    assert tight["usage"]["reranked"] < 20 and tight["usage"]["rerank_limited_by"] == "budget"
+    # "budget" when the estimate cut the depth, "deadline" when a rerank it let through ran out of time
+    assert tight["usage"]["reranked"] < 20 and tight["usage"]["rerank_limited_by"] in ("budget", "deadline")
     assert len(tight["results"]) == 20
     check_order(tight)
-    assert metric(server, "reprank_search_budget_limited_total", reason="budget") == limited_before + 1
+    assert limited() == limited_before + 1
     # X-Request-Timeout is a budget too
     r = post(server, "/v1/search", {"query": "tools for music playback", "candidates": 20},
              headers={"X-Request-Timeout": "1"})  # 20 candidates take ~2 s

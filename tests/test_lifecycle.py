@@ -20,7 +20,8 @@ from helpers import Server, assert_error, post, tiny_model_args
 LONG_DOC = "tokens and more tokens " * 100  # ~460 tokens
 ENV = {"REPRANK_MAX_DOCUMENTS": "20000", "REPRANK_MAX_QUEUE_TOKENS": "50000000",
        "REPRANK_MAX_BODY_BYTES": "100000000",
-       "REPRANK_DEADLINE_ADMISSION": "false"}  # these tests run work into its deadline: no refusal up front
+       "REPRANK_DEADLINE_ADMISSION": "false",  # these tests run work into its deadline: no refusal up front
+       "REPRANK_RERANK_CACHE_MB": "0", "REPRANK_EMBEDDING_CACHE_MB": "0"}  # and time repeated texts: no caches
 
 
 def start(tiny_llama, tmp_path, **env) -> Server:
