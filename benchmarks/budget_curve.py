@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-from datetime import date
 from pathlib import Path
 
+from machine import describe
+
 from models import open_encoder, open_reranker
-from models.loading import cpu_bf16
 from search.evaluate import evaluate
 from service.settings import Settings
 from store import open_store
@@ -42,13 +41,10 @@ def main() -> None:
                                     pipelines=("hybrid", "hybrid+rerank+rrf"), candidates=args.candidates,
                                     rerank_depth=args.candidates, budgets_ms=tuple(args.budgets),
                                     max_queries=args.max_queries)
-    import torch
 
     rows = [{"budget_ms": b["budget_ms"], "ndcg@10": metrics[name]["ndcg@10"], **b}
             for name, b in info["budgets"].items()]
-    result = {"date": str(date.today()), "cpu": platform.processor() or platform.machine(),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": cpu_bf16(),
-              "threads": torch.get_num_threads(), "dtype": str(s.torch_dtype()), "candidates": args.candidates,
+    result = {**describe(), "dtype": str(s.torch_dtype()), "candidates": args.candidates,
               "dataset": info["dataset"], "split": args.split, "queries": info["queries"],
               "hybrid": metrics["hybrid"], "unlimited": metrics["hybrid+rerank+rrf"], "budgets": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)

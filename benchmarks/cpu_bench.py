@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from indexer.corpus import read_corpus
 from models import open_encoder
@@ -60,13 +60,6 @@ def hf_baseline(tok, model, texts: list[str], batch: int) -> np.ndarray:
             vec = torch.nn.functional.normalize(hidden[torch.arange(len(idx)), last], dim=-1)
             out[idx] = vec.numpy()
     return out
-
-
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
-             if line.startswith("model name")] if info.exists() else []
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from contextlib import ExitStack
-from datetime import date
 from pathlib import Path
 
 import torch
+from machine import describe
 
 from models import open_encoder, open_reranker
-from models.loading import cpu_bf16
 from search.evaluate import evaluate, write_outputs
 from service.settings import CPU_CANDIDATES, Settings
 from store import open_store
@@ -48,9 +46,7 @@ def main() -> None:
     runs.append(("minilm", "all-minilm-l6-v2", None, torch.float32, ("dense", "hybrid")))
     if args.encoder:
         runs.append(("adapted", args.encoder, "smollm2-retriever", s.torch_dtype(), ("dense", "hybrid")))
-    result = {"date": str(date.today()), "cpu": platform.processor() or platform.machine(),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": cpu_bf16(),
-              "threads": torch.get_num_threads(), "datasets": {}}
+    result = {**describe(), "datasets": {}}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with open_store(s.store_config()) as store:
         for dataset in args.datasets:

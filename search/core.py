@@ -55,14 +55,17 @@ class Ranked:
 @dataclass
 class Searched:
     results: list[Ranked]
-    reranked: bool
+    retrieval: Retrieval  # the plan's, or bm25 when the query could not be embedded in time
     reranked_count: int = 0  # candidates the reranker scored
     limited_by: LimitedBy | None = None  # why fewer than planned (search/budget.py)
-    retrieval: Retrieval | None = None  # set when it is not the plan's: bm25 when the query could not be embedded in time
     query_tokens: int = 0
     rerank_tokens: int = 0
     truncated_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reranked(self) -> bool:
+        return self.reranked_count > 0
 
 
 Observe = Callable[[str, float], None]  # (stage, seconds): the service's stage histogram
@@ -94,7 +97,7 @@ class Searcher:
     async def search(self, query: str, plan: SearchPlan) -> Searched:
         if plan.rerank and self.reranker is None:
             raise ValueError("a reranked search needs a reranker")
-        out = Searched([], reranked=False)
+        out = Searched([], plan.retrieval)
         start, began = time.perf_counter(), time.monotonic()
         deadline = min((t for t in (DEADLINE.get(), plan.budget_s and began + plan.budget_s) if t), default=None)
         until = deadline and deadline - reserve_s(deadline - began)  # the models' work must end by then
@@ -161,7 +164,7 @@ class Searcher:
             return
         final = final_scores(scored.scores, plan.fusion)
         out.results[:depth] = [Ranked(hits[i], final[i], scored.relevance[i]) for i in order(final)]
-        out.reranked, out.reranked_count = True, depth
+        out.reranked_count = depth
         out.rerank_tokens = scored.tokens
         out.truncated_tokens += scored.truncated_tokens
 

@@ -220,6 +220,6 @@ class Pipeline:
             timings_ms=found.timings_ms,
             usage=SearchUsage(query_tokens=found.query_tokens, rerank_tokens=found.rerank_tokens,
                               truncated_tokens=found.truncated_tokens, reranked=found.reranked_count,
-                              retrieval=found.retrieval or plan.retrieval,
+                              retrieval=found.retrieval,
                               rerank_limited_by=found.limited_by),
         )

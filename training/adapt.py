@@ -82,7 +82,7 @@ def recipe_args(recipe: str, argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def heldout_ndcg(adapter: str, heldout: Path, store_dir: Path) -> tuple[float, dict]:
+def heldout_ndcg(adapter: str, heldout: Path, store_dir: Path) -> float:
     """Dense nDCG@10 of an adapter on the held-out pairs (their own collection per adapter revision)."""
     from models import open_encoder
     from search.evaluate import evaluate
@@ -90,8 +90,8 @@ def heldout_ndcg(adapter: str, heldout: Path, store_dir: Path) -> tuple[float, d
     from store.config import StoreConfig
 
     with open_store(StoreConfig(store_dir)) as store, open_encoder(adapter, "smollm2-retriever") as enc:
-        metrics, runs, _ = evaluate(heldout, "heldout", enc, None, store, pipelines=("dense",), progress=False)
-    return metrics["dense"]["ndcg@10"], runs["dense"]
+        metrics, _, _ = evaluate(heldout, "heldout", enc, None, store, pipelines=("dense",), progress=False)
+    return metrics["dense"]["ndcg@10"]
 
 
 def run(args) -> int:
@@ -117,7 +117,7 @@ def run(args) -> int:
         return result
 
     store = work / "store"
-    before, before_run = stage("score the starting adapter", lambda: heldout_ndcg(args.init, data / "heldout", store))
+    before = stage("score the starting adapter", lambda: heldout_ndcg(args.init, data / "heldout", store))
     log.info("adapt: held-out dense nDCG@10 of %s: %.4f", args.init, before)
     threads = ["--threads", str(args.threads)] if args.threads else []
     common_flags = ["--dataset", str(data), "--seed", str(args.seed), "--lora-layers", "10", *threads]
@@ -141,7 +141,7 @@ def run(args) -> int:
         folder = work / f"adapter-{ckpt.name}"
         common.export_checkpoint(recipe_args("export", [str(ckpt), "--output-dir", str(folder),
                                                         "--preset", "smollm2-llara", "--base", base]))
-        score, _ = stage(f"score {ckpt.name}", lambda f=folder: heldout_ndcg(str(f), data / "heldout", store))
+        score = stage(f"score {ckpt.name}", lambda f=folder: heldout_ndcg(str(f), data / "heldout", store))
         scores[ckpt.name] = score
         log.info("adapt: held-out dense nDCG@10 at %s: %.4f (start %.4f)", ckpt.name, score, before)
         if score > best_score:
