@@ -241,10 +241,8 @@ def cmd_train(args) -> int:
 
         export_checkpoint(args)
         return 0
-    if args.recipe == "sources":
-        from training.sources import run
-
-        return run(args)
+    if args.recipe in ("sources", "mix"):  # data only: no torch threads to set
+        return importlib.import_module(f"training.{args.recipe}").run(args)
     if args.threads:
         import torch
 

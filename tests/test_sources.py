@@ -152,3 +152,41 @@ def test_dev_sample_is_balanced_and_bounded(tmp_path):
     corpus = {d.doc_id for d in read_corpus(tmp_path)}
     assert len(corpus) == 12 and {d for ds in qrels.values() for d in ds} <= corpus
     assert result["dev"] | {"queries": 8, "documents": 12} == result["dev"]
+
+
+def test_mix_prefixes_parts_samples_and_leaves_out_excluded_queries(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    sources.write_training(_records(40), a, heldout=3, seed=1)
+    sources.write_training(_records(20), b, heldout=2, seed=1)  # the same texts: the same ids as in a
+    held_a = tmp_path / "held.tsv"
+    train_a = read_qrels(a, "train")
+    excluded = sorted(train_a)[:5]
+    held_a.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{min(train_a[q])}\t1\n" for q in excluded))
+    assert main(["train", "mix", "--part", f"a={a}:10", "--part", f"b={b}", "--exclude", f"a={held_a}",
+                 "--output", str(tmp_path / "mix")]) == 0
+    mixed = load_train(tmp_path / "mix")
+    from_a = [q for q in mixed.query_ids if q.startswith("a:")]
+    from_b = [q for q in mixed.query_ids if q.startswith("b:")]
+    assert len(from_a) == 10 and len(from_b) == 18  # b: all its train queries
+    assert not {f"a:{q}" for q in excluded} & set(from_a)
+    assert {q.removeprefix("a:") for q in from_a} <= set(train_a)
+    for q in mixed.query_ids:  # each positive is its own part's document, with that document's text
+        part, qid = q.split(":", 1)
+        src = {d.doc_id: d for d in read_corpus(tmp_path / part)}
+        (pos,) = mixed.positives[q]
+        assert pos.startswith(part + ":") and mixed.corpus[pos].text == src[pos.split(":", 1)[1]].text
+    assert len(mixed.corpus) == 28  # the sampled queries' positives only
+    report = json.loads((tmp_path / "mix" / "source.json").read_text())
+    assert report["parts"]["a"]["queries"] == 10 and report["parts"]["b"]["sampled"] is None
+
+
+def test_mix_refuses_unknown_or_repeated_part_names(tmp_path, capsys):
+    a = tmp_path / "a"
+    sources.write_training(_records(20), a, heldout=2, seed=1)
+    held = a / "qrels" / "heldout.tsv"
+    assert main(["train", "mix", "--part", f"a={a}", "--exclude", f"c={held}", "--output", str(tmp_path / "x")]) == 2
+    assert "names no part: ['c']" in capsys.readouterr().err
+    assert main(["train", "mix", "--part", f"a={a}", "--part", f"a={a}", "--output", str(tmp_path / "x")]) == 2
+    assert "must differ" in capsys.readouterr().err
+    assert main(["train", "mix", "--part", "nopath", "--output", str(tmp_path / "x")]) == 2
+    assert "NAME=PATH[:N]" in capsys.readouterr().err

@@ -3,6 +3,7 @@ exactly, the output adapters load through open_encoder / open_reranker, dev qrel
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tiny import write_beir
 
 from cli import main
 from models import open_encoder, open_reranker
+from models.loading import source_path
 from store import Document
 from training import data as train_data
 from training.data import batch_indices, select_queries, sentences
@@ -348,3 +350,13 @@ def test_adapt_makes_its_own_pairs_trains_and_keeps_the_best_on_held_out_pairs(l
     assert qrels and all(queries[q] not in passages[d] for q, d in qrels)  # the query sentence was taken out
     with pytest.raises(ValueError, match="too few"):
         write_pseudo([], tmp_path / "none", heldout=5, eval_docs=10, seed=0)
+
+
+def test_the_preset_of_a_bundled_init_adapter_is_its_own():
+    """`--init bundled:smollm2-retriever` continues the shipped adapter with its preset (LLaRA tokens), as a
+    folder path does; it once fell back to the plain smollm2 preset and failed on the missing token rows."""
+    from training.retriever import preset_name
+
+    args = argparse.Namespace(preset=None, init="bundled:smollm2-retriever")
+    assert preset_name(args) == json.loads((source_path(args.init) / "reprank.json").read_text())["preset"]
+    assert preset_name(args) == "smollm2-llara"

@@ -1,4 +1,4 @@
-"""Training recipes (`reprank train llara | retriever | reranker | mine`) and their data (`train sources`);
+"""Training recipes (`reprank train llara | retriever | reranker | mine`) and their data (`train sources`, `train mix`);
 see RECIPES.md beside this file.
 
 Only the command-line flags live here, so `reprank --help` does not import torch; each recipe module
@@ -113,6 +113,15 @@ def add_parsers(sub, common_flags) -> None:
     r.add_argument("--max-docs", type=int, default=3000, help="dev: corpus size, relevant documents included")
     r.add_argument("--heldout", type=int, default=150, help="train: queries in the heldout split")
     r.add_argument("--per-package", type=int, help="manpages, pydoc: most pairs from one package (150, 300)")
+    r.add_argument("--seed", type=int, default=42)
+
+    r = recipes.add_parser("mix", help="one training set from the train splits of several BEIR sets (e.g. Debian "
+                           "+ manpages + pydoc): seeded query samples, ids prefixed by part")
+    r.add_argument("--part", action="append", required=True, metavar="NAME=PATH[:N]",
+                   help="a BEIR set and how many of its train queries (default all); repeat per part")
+    r.add_argument("--exclude", action="append", default=[], metavar="NAME=QRELS",
+                   help="a part's queries never to take (a held-out set)")
+    r.add_argument("--output", required=True, help="the BEIR folder to write")
     r.add_argument("--seed", type=int, default=42)
 
     r = recipes.add_parser("mine", help="hard negatives: train queries against the train side of the corpus, "

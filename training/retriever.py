@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from models.loading import resolve
 from models.presets import encoder_preset
 from models.runtime import pad_right, pool
 from models.templates import TemplateRenderer
@@ -41,7 +41,7 @@ def preset_name(args) -> str:
     """--preset, else the --init adapter's own preset, else the bundled smollm2 (EOS pooling)."""
     if args.preset:
         return args.preset
-    meta = Path(args.init) / "reprank.json" if args.init else None
+    meta = resolve(args.init).path / "reprank.json" if args.init else None  # a folder or bundled:NAME
     return json.loads(meta.read_text())["preset"] if meta and meta.exists() else "smollm2"
 
 
