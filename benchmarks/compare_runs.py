@@ -1,6 +1,7 @@
 """Paired per-query comparison of two TREC run files (as `reprank eval --output` writes them).
 
     python benchmarks/compare_runs.py DATASET SPLIT BEFORE.trec AFTER.trec [--measure nDCG@10]
+        [--also DATASET2 BEFORE2.trec AFTER2.trec ...]   # pool the queries of further sets (same split)
 
 Prints the mean of each run over the queries both answered, how many queries got better and worse,
 and the two-sided p-value of a paired randomization test (random sign flips of the per-query
@@ -51,17 +52,23 @@ def main() -> None:
     p.add_argument("before")
     p.add_argument("after")
     p.add_argument("--measure", default="nDCG@10", help="an ir-measures name, e.g. nDCG@10, RR@10, R@100")
+    p.add_argument("--also", nargs=3, action="append", default=[], metavar=("DATASET", "BEFORE", "AFTER"),
+                   help="another set's runs, pooled with the first (each query counts once)")
     args = p.parse_args()
     measure = ir_measures.parse_measure(args.measure)
-    qrels = read_qrels(args.dataset, args.split)
-    before, after = read_run(args.before), read_run(args.after)
-    a, b = per_query(measure, qrels, before), per_query(measure, qrels, after)
-    # ir-measures scores a judged query that a run lacks as 0: keep only queries both runs answered
-    answered = {d.query_id for d in before} & {d.query_id for d in after}
-    queries = sorted(a.keys() & b.keys() & answered)
-    x, y = np.array([a[q] for q in queries]), np.array([b[q] for q in queries])
+    x, y = [], []
+    for dataset, before_path, after_path in [(args.dataset, args.before, args.after), *args.also]:
+        qrels = read_qrels(dataset, args.split)
+        before, after = read_run(before_path), read_run(after_path)
+        a, b = per_query(measure, qrels, before), per_query(measure, qrels, after)
+        # ir-measures scores a judged query that a run lacks as 0: keep only queries both runs answered
+        answered = {d.query_id for d in before} & {d.query_id for d in after}
+        queries = sorted(a.keys() & b.keys() & answered)
+        x += [a[q] for q in queries]
+        y += [b[q] for q in queries]
+    x, y = np.array(x), np.array(y)
     d = y - x
-    print(f"{len(queries)} queries, {measure}: {x.mean():.4f} -> {y.mean():.4f} ({d.mean():+.4f}); "
+    print(f"{len(d)} queries, {measure}: {x.mean():.4f} -> {y.mean():.4f} ({d.mean():+.4f}); "
           f"{int((d > 1e-9).sum())} better, {int((d < -1e-9).sum())} worse; "
           f"paired randomization test p = {randomization_p(d):.2g}")
 
