@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -360,3 +361,18 @@ def test_the_preset_of_a_bundled_init_adapter_is_its_own():
     args = argparse.Namespace(preset=None, init="bundled:smollm2-retriever")
     assert preset_name(args) == json.loads((source_path(args.init) / "reprank.json").read_text())["preset"]
     assert preset_name(args) == "smollm2-llara"
+
+
+def test_lead_pseudo_queries_are_first_sentences_taken_out_of_their_passage():
+    from training.adapt import pseudo_pair
+
+    doc = Document("d1", "Frobnicate widgets in bulk. It reads a list of widgets and frobnicates each one of them "
+                   "in place, keeping a backup of every widget it changes.", title="frob tool")
+    rng = random.Random(0)
+    for _ in range(5):  # no draw involved: always the first sentence
+        query, passage = pseudo_pair(doc, rng, "lead")
+        assert query == "Frobnicate widgets in bulk." and query not in passage.text and passage.title == "frob tool"
+    single = Document("d2", "Frobnicate widgets in bulk, reading a list of them and changing each in place.",
+                      title="frob tool")
+    assert pseudo_pair(single, rng, "lead") == ("frob tool", Document("d2", single.text))
+    assert pseudo_pair(Document("d2", single.text), rng, "lead") is None  # no title to fall back on

@@ -87,6 +87,8 @@ def add_parsers(sub, common_flags) -> None:
                    "--model-preset smollm2-retriever); work files in DIR/work/")
     r.add_argument("--init", default="bundled:smollm2-retriever", help="the adapter to start from")
     r.add_argument("--max-docs", type=int, default=5000, help="the first N documents of the corpus")
+    r.add_argument("--pseudo", choices=("cloze", "lead"), default="cloze", help="pseudo queries: a random "
+                   "sentence (inverse cloze) or the first sentence of each document, taken out of its passage")
     r.add_argument("--heldout", type=int, default=150, help="pseudo pairs held out to choose the checkpoint")
     r.add_argument("--eval-docs", type=int, default=1000, help="corpus size of the held-out evaluation")
     r.add_argument("--llara-steps", type=int, default=60)

@@ -1,10 +1,13 @@
 """`reprank train adapt --corpus PATH`: adapt the encoder to one corpus, without labels.
 
 A user's documents are rarely Debian package descriptions. This recipe makes its own training pairs
-from the corpus by the inverse cloze task (Lee et al. 2019): one sentence of a document is the query
-and the rest of the document, without that sentence, its passage (so the pair cannot be matched by
-copying); a document with an informative title (two words or more) gives title -> whole text instead
-every other time. A seeded slice of the pairs is held out. Then, starting from the shipped adapter:
+from the corpus, the query always taken out of its passage (so the pair cannot be matched by copying):
+- `--pseudo cloze` (default): the inverse cloze task (Lee et al. 2019): a random sentence -> the rest of
+  its document; a document with an informative title (two words or more) gives title -> whole text
+  instead every other time. On perlpod this improved held-out *pseudo* pairs and hurt real queries.
+- `--pseudo lead`: the document's first sentence (what most documents open with: what they are about,
+  the shape of a user's question) -> the rest; a document of one sentence gives its title, if any.
+A seeded slice of the pairs is held out. Then, starting from the shipped adapter:
 1. LLaRA's EBAE/EBAR (training/llara.py) on the training documents' sentences;
 2. BM25 hard negatives over the pseudo corpus (training/mine.py);
 3. a short contrastive pass (training/retriever.py) continuing stage 1, checkpoints every --save-every;
@@ -35,25 +38,30 @@ log = logging.getLogger("reprank.train")
 MIN_WORDS = 12  # a passage left after removing its query sentence must still say something
 
 
-def pseudo_pair(doc: Document, rng: random.Random) -> tuple[str, Document] | None:
-    """(query, passage) from one document: a sentence and the rest, or (every other time) its title."""
-    if len(doc.title.split()) >= 2 and rng.random() < 0.5:
-        return doc.title, Document(doc.doc_id, doc.text)
+def pseudo_pair(doc: Document, rng: random.Random, kind: str = "cloze") -> tuple[str, Document] | None:
+    """(query, passage) from one document: `cloze` a random sentence and the rest, or (every other time)
+    its title; `lead` the first sentence and the rest, or the title of a one-sentence document."""
+    titled = len(doc.title.split()) >= 2
     parts = sentences(doc.text)
+    if kind == "lead" and len(parts) < 2:
+        return (doc.title, Document(doc.doc_id, doc.text)) if titled else None
+    if kind == "cloze" and titled and rng.random() < 0.5:
+        return doc.title, Document(doc.doc_id, doc.text)
     if len(parts) < 2:
         return None
-    i = rng.randrange(len(parts))
+    i = 0 if kind == "lead" else rng.randrange(len(parts))
     rest = " ".join(parts[:i] + parts[i + 1:])
     if len(rest.split()) < MIN_WORDS or len(parts[i].split()) < 4:
         return None
     return parts[i], Document(doc.doc_id, rest, title=doc.title)
 
 
-def write_pseudo(docs: list[Document], out: Path, *, heldout: int, eval_docs: int, seed: int) -> dict:
+def write_pseudo(docs: list[Document], out: Path, *, heldout: int, eval_docs: int, seed: int,
+                 kind: str = "cloze") -> dict:
     """The pairs as a BEIR folder (qrels train + heldout) and the held-out evaluation set in out/heldout/
     (its pairs over at most `eval_docs` documents); returns counts."""
     rng = random.Random(seed)
-    pairs = [(q, p) for d in docs if (pair := pseudo_pair(d, rng)) for q, p in [pair]]
+    pairs = [(q, p) for d in docs if (pair := pseudo_pair(d, rng, kind)) for q, p in [pair]]
     if len(pairs) < 2 * heldout:
         raise ValueError(f"{len(pairs)} pseudo pairs from {len(docs)} documents: too few to hold out {heldout}; "
                          "give more documents (with sentences of 4+ words, or titles) or a smaller --heldout")
@@ -105,7 +113,8 @@ def run(args) -> int:
     docs = list(read_corpus(args.corpus))[: args.max_docs]
     if not docs:
         raise ValueError(f"{args.corpus}: no documents")
-    counts = write_pseudo(docs, data, heldout=args.heldout, eval_docs=args.eval_docs, seed=args.seed)
+    counts = write_pseudo(docs, data, heldout=args.heldout, eval_docs=args.eval_docs, seed=args.seed,
+                          kind=args.pseudo)
     log.info("adapt: %d documents -> %d pseudo pairs (%d to train, %d held out)", counts["documents"],
              counts["pairs"], counts["train"], counts["heldout"])
 
@@ -150,7 +159,7 @@ def run(args) -> int:
     for f in source.iterdir():
         if f.is_file():
             shutil.copy2(f, out / f.name)
-    report = {"corpus": str(args.corpus), "init": args.init, **counts, "heldout_ndcg@10": scores,
+    report = {"corpus": str(args.corpus), "init": args.init, "pseudo": args.pseudo, **counts, "heldout_ndcg@10": scores,
               "chosen": best.name.removeprefix("adapter-") if best else "start", "improved": best is not None,
               "seconds": timings, "total_seconds": round(time.perf_counter() - began, 1)}
     (out / "adapt.json").write_text(json.dumps(report, indent=1) + "\n")
