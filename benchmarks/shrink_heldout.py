@@ -8,12 +8,11 @@ adapter on a CPU takes minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import shutil
 from pathlib import Path
 
-from indexer.corpus import read_corpus, read_qrels
+from indexer.corpus import read_corpus, read_qrels, read_queries
+from training.sources import Record, write_beir
 
 
 def main() -> None:
@@ -25,17 +24,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args()
     src, out = Path(a.source), Path(a.output)
-    keep = {d for rel in read_qrels(src, a.split).values() for d in rel}
+    qrels = {q: set(rel) for q, rel in read_qrels(src, a.split).items()}
+    keep = {d for rel in qrels.values() for d in rel}
     docs = list(read_corpus(src))
     others = sorted(d.doc_id for d in docs if d.doc_id not in keep)
     keep |= set(random.Random(a.seed).sample(others, max(0, min(len(others), a.docs - len(keep)))))
-    (out / "qrels").mkdir(parents=True, exist_ok=True)
-    with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"_id": d.doc_id, "title": d.title, "text": d.text}, ensure_ascii=False) + "\n"
-                     for d in docs if d.doc_id in keep)
-    shutil.copy(src / "queries.jsonl", out / "queries.jsonl")
-    shutil.copy(src / "qrels" / f"{a.split}.tsv", out / "qrels" / f"{a.split}.tsv")
-    print(f"{out}: {len(read_qrels(src, a.split))} queries over {len(keep)} documents")
+    write_beir(out, read_queries(src, set(qrels)), {d.doc_id: Record(None, d.text, d.title) for d in docs
+                                                     if d.doc_id in keep}, {a.split: qrels})
+    print(f"{out}: {len(qrels)} queries over {len(keep)} documents")
 
 
 if __name__ == "__main__":

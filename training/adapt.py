@@ -42,13 +42,11 @@ def pseudo_pair(doc: Document, rng: random.Random, kind: str = "cloze") -> tuple
     """(query, passage) from one document: `cloze` a random sentence and the rest, or (every other time)
     its title; `lead` the first sentence and the rest, or the title of a one-sentence document."""
     titled = len(doc.title.split()) >= 2
-    parts = sentences(doc.text)
-    if kind == "lead" and len(parts) < 2:
-        return (doc.title, Document(doc.doc_id, doc.text)) if titled else None
     if kind == "cloze" and titled and rng.random() < 0.5:
         return doc.title, Document(doc.doc_id, doc.text)
+    parts = sentences(doc.text)
     if len(parts) < 2:
-        return None
+        return (doc.title, Document(doc.doc_id, doc.text)) if kind == "lead" and titled else None
     i = 0 if kind == "lead" else rng.randrange(len(parts))
     rest = " ".join(parts[:i] + parts[i + 1:])
     if len(rest.split()) < MIN_WORDS or len(parts[i].split()) < 4:

@@ -4,8 +4,9 @@ A default encoder trained on one kind of text (Debian package descriptions) is a
 in other pairs (`train sources`: man pages, docstrings) is how it learns to generalise. Each part gives
 a seeded sample of its train queries (all, or N), never those of its --exclude qrels file, with their
 positives. Those positives are the train side `train mine --method bm25` draws negatives from, so a
-sampled part also has a smaller negative pool (a query's hard negatives are mostly its own kind of text). Ids are prefixed with the part's name, so
-parts cannot collide; source.json records the parts, their counts and the seed.
+sampled part also has a smaller negative pool (a query's hard negatives are mostly its own kind of
+text). Ids are prefixed with the part's name, so parts cannot collide; written by
+`training.sources.write_beir`; source.json records the parts, their counts and the seed.
 
     reprank train mix --part debian=../shared/data/debian-packages:6000 \\
         --part manpages=/work/data/sources/manpages --part pydoc=/work/data/sources/pydoc:6000 \\
@@ -15,10 +16,11 @@ parts cannot collide; source.json records the parts, their counts and the seed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from training.data import load_train
+from training.sources import Record, write_beir
 
 
 @dataclass(frozen=True)
@@ -44,37 +46,27 @@ def mix(parts: list[Part], out: str | Path, *, seed: int = 42) -> dict:
     names = [p.name for p in parts]
     if len(set(names)) != len(names):
         raise ValueError(f"part names must differ: {names}")
-    out = Path(out)
-    (out / "qrels").mkdir(parents=True, exist_ok=True)
-    counts = {}
-    with (open(out / "corpus.jsonl", "w", encoding="utf-8") as corpus,
-          open(out / "queries.jsonl", "w", encoding="utf-8") as queries,
-          open(out / "qrels" / "train.tsv", "w", encoding="utf-8") as qrels):
-        qrels.write("query-id\tcorpus-id\tscore\n")
-        for p in parts:
-            train = load_train(p.dataset, p.queries, seed, p.exclude)
-            used = sorted({d for ds in train.positives.values() for d in ds})
-            for d in used:
-                doc = train.corpus[d]
-                corpus.write(json.dumps({"_id": f"{p.name}:{d}", "title": doc.title, "text": doc.text},
-                                        ensure_ascii=False) + "\n")
-            for q in train.query_ids:
-                queries.write(json.dumps({"_id": f"{p.name}:{q}", "text": train.queries[q]}, ensure_ascii=False) + "\n")
-                qrels.writelines(f"{p.name}:{q}\t{p.name}:{d}\t1\n" for d in train.positives[q])
-            counts[p.name] = {"dataset": p.dataset, "queries": len(train.queries),
-                              "documents": len(used),
-                              "sampled": p.queries, "excluded": p.exclude}
+    queries, docs, qrels, counts = {}, {}, {}, {}
+    for p in parts:
+        train = load_train(p.dataset, p.queries, seed, p.exclude)
+        for q in train.query_ids:
+            queries[f"{p.name}:{q}"] = train.queries[q]
+            qrels[f"{p.name}:{q}"] = {f"{p.name}:{d}" for d in train.positives[q]}
+        used = {d for ds in train.positives.values() for d in ds}
+        docs.update({f"{p.name}:{d}": Record(None, train.corpus[d].text, train.corpus[d].title) for d in sorted(used)})
+        counts[p.name] = {"dataset": p.dataset, "queries": len(train.queries), "documents": len(used),
+                          "sampled": p.queries, "excluded": p.exclude}
+    write_beir(out, queries, docs, {"train": qrels})
     result = {"seed": seed, "parts": counts}
-    (out / "source.json").write_text(json.dumps(result, indent=2) + "\n")
+    (Path(out) / "source.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 def run(args) -> int:
-    parts = [parse_part(s) for s in args.part]
     excludes = dict(e.split("=", 1) for e in args.exclude)
+    parts = [replace(p, exclude=excludes.get(p.name)) for p in map(parse_part, args.part)]
     unknown = excludes.keys() - {p.name for p in parts}
     if unknown:
         raise ValueError(f"--exclude names no part: {sorted(unknown)}")
-    parts = [Part(p.name, p.dataset, p.queries, excludes.get(p.name)) for p in parts]
     print(json.dumps(mix(parts, args.output, seed=args.seed)))
     return 0
