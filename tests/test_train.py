@@ -284,7 +284,8 @@ def test_a_checkpoint_exports_as_the_finished_run_would(llara_adapter, dataset, 
         assert sorted(a.keys()) == sorted(b.keys())
         assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
     assert len((exported / "train_log.jsonl").read_text().splitlines()) == 2
-    assert json.loads((exported / "train_args.json").read_text())["step"] == 2
+    record = json.loads((exported / "train_args.json").read_text())
+    assert record["step"] == 2 and record["run"] == json.loads((out / "train_args.json").read_text())
     assert main(["train", "export", str(out), "--output-dir", str(tmp_path / "bad"), "--preset", "smollm2-llara"]) == 2
 
 

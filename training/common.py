@@ -274,7 +274,8 @@ def _servable(out: Path, preset: str, added: dict[str, int]) -> Path:
 def export_checkpoint(args) -> Path:
     """`train export`: a run's checkpoint-STEP/ as a servable adapter folder, for a run stopped before its
     last step (a GPU lease that ran out). Added tokens are the preset's, given the ids the base would give
-    them; train_log.jsonl keeps the run's steps up to STEP; train_args.json names the checkpoint."""
+    them; train_log.jsonl keeps the run's steps up to STEP; train_args.json names the checkpoint and holds
+    the run's own train_args.json as `run`, when the run finished and wrote one."""
     from models.presets import ENCODERS, RERANKERS
 
     ckpt, out = Path(args.checkpoint), Path(args.output_dir)
@@ -300,6 +301,8 @@ def export_checkpoint(args) -> Path:
     record = {"command": "reprank " + shlex.join(getattr(args, "argv", [])), "checkpoint": str(ckpt),
               "step": step, "preset": args.preset, "base": args.base, "adapter_bytes": weights.stat().st_size,
               "git_commit": _git_commit()}
+    if (run_args := ckpt.parent / "train_args.json").exists():
+        record["run"] = json.loads(run_args.read_text())
     (out / "train_args.json").write_text(json.dumps(record, indent=1) + "\n")
     log.info("checkpoint %s (step %d) exported to %s", ckpt, step, out)
     return out
