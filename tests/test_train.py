@@ -354,6 +354,24 @@ def test_adapt_makes_its_own_pairs_trains_and_keeps_the_best_on_held_out_pairs(l
         write_pseudo([], tmp_path / "none", heldout=5, eval_docs=10, seed=0)
 
 
+def test_adapt_without_llara_continues_the_init_adapter_contrastively(llara_adapter, tmp_path):
+    """`--llara-steps 0` skips the pretext stage: the contrastive pass starts from --init itself."""
+    corpus = tmp_path / "corpus.jsonl"
+    with open(corpus, "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"_id": f"d{i}", "title": f"tool {i} manual", "text": (
+                f"Section {i} explains the tool. It converts files of kind {i} into reports. "
+                f"Every report lists the {i} fields that were found and the errors met on the way.")}) + "\n")
+    out = tmp_path / "adapted"
+    assert main(["train", "adapt", "--corpus", str(corpus), "--output-dir", str(out), "--init",
+                 str(llara_adapter[0]), "--pseudo", "lead", "--llara-steps", "0", "--steps", "2",
+                 "--save-every", "2", "--heldout", "5", "--eval-docs", "12", "--seed", "1"]) == 0
+    report = json.loads((out / "adapt.json").read_text())
+    assert not (out / "work/llara").exists() and "LLaRA (EBAE + EBAR)" not in report["seconds"]
+    assert set(report["heldout_ndcg@10"]) == {"start", "checkpoint-2"}
+    assert json.loads((out / "work/retriever/train_args.json").read_text())["args"]["init"] == str(llara_adapter[0])
+
+
 def test_the_preset_of_a_bundled_init_adapter_is_its_own():
     """`--init bundled:smollm2-retriever` continues the shipped adapter with its preset (LLaRA tokens), as a
     folder path does; it once fell back to the plain smollm2 preset and failed on the missing token rows."""

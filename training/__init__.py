@@ -91,7 +91,8 @@ def add_parsers(sub, common_flags) -> None:
                    "sentence (inverse cloze) or the first sentence of each document, taken out of its passage")
     r.add_argument("--heldout", type=int, default=150, help="pseudo pairs held out to choose the checkpoint")
     r.add_argument("--eval-docs", type=int, default=1000, help="corpus size of the held-out evaluation")
-    r.add_argument("--llara-steps", type=int, default=60)
+    r.add_argument("--llara-steps", type=int, default=60, help="EBAE/EBAR steps before the contrastive pass "
+                   "(0: none, the contrastive pass continues --init itself)")
     r.add_argument("--steps", type=int, default=120, help="contrastive steps (16 pairs each)")
     r.add_argument("--save-every", type=int, default=40, help="contrastive steps between scored checkpoints")
     r.add_argument("--seed", type=int, default=42)
