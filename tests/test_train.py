@@ -317,9 +317,9 @@ def test_frozen_added_tokens_keep_the_init_rows_while_the_lora_learns(llara_adap
 
 
 def test_adapt_makes_its_own_pairs_trains_and_keeps_the_best_on_held_out_pairs(llara_adapter, tmp_path):
-    """`train adapt` on an unlabelled corpus: inverse-cloze pairs (the query sentence is not in its passage),
-    LLaRA then contrastive from the given adapter, every checkpoint scored on held-out pairs, the best
-    (or the start) written as a servable adapter with adapt.json."""
+    """`train adapt --pseudo cloze --llara-steps 2` on an unlabelled corpus: inverse-cloze pairs (the query
+    sentence is not in its passage), LLaRA then contrastive from the given adapter, every checkpoint scored
+    on held-out pairs, the best (or the start) written as a servable adapter with adapt.json."""
     from models import open_encoder
     from models.loading import model_revision
     from training.adapt import write_pseudo
@@ -335,7 +335,8 @@ def test_adapt_makes_its_own_pairs_trains_and_keeps_the_best_on_held_out_pairs(l
             f.write(json.dumps({"_id": f"doc{i}", "title": "", "text": text}) + "\n")
     out = tmp_path / "adapted"
     args = ["train", "adapt", "--corpus", str(corpus), "--output-dir", str(out), "--init", str(llara_adapter[0]),
-            "--llara-steps", "2", "--steps", "4", "--save-every", "2", "--heldout", "6", "--eval-docs", "20",
+            "--pseudo", "cloze", "--llara-steps", "2", "--steps", "4", "--save-every", "2", "--heldout", "6",
+            "--eval-docs", "20",
             "--seed", "3"]
     assert main(args) == 0
     report = json.loads((out / "adapt.json").read_text())
@@ -354,8 +355,9 @@ def test_adapt_makes_its_own_pairs_trains_and_keeps_the_best_on_held_out_pairs(l
         write_pseudo([], tmp_path / "none", heldout=5, eval_docs=10, seed=0)
 
 
-def test_adapt_without_llara_continues_the_init_adapter_contrastively(llara_adapter, tmp_path):
-    """`--llara-steps 0` skips the pretext stage: the contrastive pass starts from --init itself."""
+def test_adapt_by_default_continues_the_init_adapter_on_lead_pairs(llara_adapter, tmp_path):
+    """The defaults (`--pseudo lead`, `--llara-steps 0`) skip the pretext stage: the contrastive pass
+    starts from --init itself, on first-sentence pairs."""
     corpus = tmp_path / "corpus.jsonl"
     with open(corpus, "w") as f:
         for i in range(30):
@@ -364,12 +366,14 @@ def test_adapt_without_llara_continues_the_init_adapter_contrastively(llara_adap
                 f"Every report lists the {i} fields that were found and the errors met on the way.")}) + "\n")
     out = tmp_path / "adapted"
     assert main(["train", "adapt", "--corpus", str(corpus), "--output-dir", str(out), "--init",
-                 str(llara_adapter[0]), "--pseudo", "lead", "--llara-steps", "0", "--steps", "2",
+                 str(llara_adapter[0]), "--steps", "2",
                  "--save-every", "2", "--heldout", "5", "--eval-docs", "12", "--seed", "1"]) == 0
     report = json.loads((out / "adapt.json").read_text())
     assert not (out / "work/llara").exists() and "LLaRA (EBAE + EBAR)" not in report["seconds"]
     assert set(report["heldout_ndcg@10"]) == {"start", "checkpoint-2"}
     assert json.loads((out / "work/retriever/train_args.json").read_text())["args"]["init"] == str(llara_adapter[0])
+    queries = [json.loads(x)["text"] for x in (out / "work/pairs/queries.jsonl").open()]
+    assert queries and all(q.startswith("Section ") for q in queries)  # each document's first sentence
 
 
 def test_the_preset_of_a_bundled_init_adapter_is_its_own():

@@ -80,19 +80,20 @@ def add_parsers(sub, common_flags) -> None:
     r.add_argument("--group-size", type=int, default=8, help="1 positive + N-1 negatives per query")
 
     r = recipes.add_parser("adapt", help="adapt the encoder to one corpus without labels: pseudo queries from "
-                           "its own documents, LLaRA then contrastive from the shipped adapter, the best checkpoint "
-                           "on held-out pairs (about 30-60 min for 5,000 passages on 2 CPU cores)")
+                           "its own documents, a contrastive pass from the shipped adapter, the best checkpoint "
+                           "on held-out pairs (about 50 min for 5,000 passages on 2 CPU cores)")
     r.add_argument("--corpus", required=True, help="BEIR corpus.jsonl[.gz], JSONL or Parquet (id, text, title)")
     r.add_argument("--output-dir", required=True, help="the adapted encoder (serve it with --model DIR "
                    "--model-preset smollm2-retriever); work files in DIR/work/")
     r.add_argument("--init", default="bundled:smollm2-retriever", help="the adapter to start from")
     r.add_argument("--max-docs", type=int, default=5000, help="the first N documents of the corpus")
-    r.add_argument("--pseudo", choices=("cloze", "lead"), default="cloze", help="pseudo queries: a random "
-                   "sentence (inverse cloze) or the first sentence of each document, taken out of its passage")
+    r.add_argument("--pseudo", choices=("lead", "cloze"), default="lead", help="pseudo queries: the first "
+                   "sentence of each document (often its heading) or a random one (inverse cloze), taken out "
+                   "of its passage")
     r.add_argument("--heldout", type=int, default=150, help="pseudo pairs held out to choose the checkpoint")
     r.add_argument("--eval-docs", type=int, default=1000, help="corpus size of the held-out evaluation")
-    r.add_argument("--llara-steps", type=int, default=60, help="EBAE/EBAR steps before the contrastive pass "
-                   "(0: none, the contrastive pass continues --init itself)")
+    r.add_argument("--llara-steps", type=int, default=0, help="EBAE/EBAR steps before the contrastive pass "
+                   "(default none: the contrastive pass continues --init itself)")
     r.add_argument("--steps", type=int, default=120, help="contrastive steps (16 pairs each)")
     r.add_argument("--save-every", type=int, default=40, help="contrastive steps between scored checkpoints")
     r.add_argument("--seed", type=int, default=42)
