@@ -370,6 +370,7 @@ def test_adapt_by_default_continues_the_init_adapter_on_lead_pairs(llara_adapter
                  "--save-every", "2", "--heldout", "5", "--eval-docs", "12", "--seed", "1"]) == 0
     report = json.loads((out / "adapt.json").read_text())
     assert not (out / "work/llara").exists() and "LLaRA (EBAE + EBAR)" not in report["seconds"]
+    assert (report["pseudo"], report["llara_steps"]) == ("lead", 0)
     assert set(report["heldout_ndcg@10"]) == {"start", "checkpoint-2"}
     assert json.loads((out / "work/retriever/train_args.json").read_text())["args"]["init"] == str(llara_adapter[0])
     queries = [json.loads(x)["text"] for x in (out / "work/pairs/queries.jsonl").open()]

@@ -164,7 +164,8 @@ def run(args) -> int:
     for f in source.iterdir():
         if f.is_file():
             shutil.copy2(f, out / f.name)
-    report = {"corpus": str(args.corpus), "init": args.init, "pseudo": args.pseudo, **counts, "heldout_ndcg@10": scores,
+    report = {"corpus": str(args.corpus), "init": args.init, "pseudo": args.pseudo,
+              "llara_steps": args.llara_steps, "steps": args.steps, **counts, "heldout_ndcg@10": scores,
               "chosen": best.name.removeprefix("adapter-") if best else "start", "improved": best is not None,
               "seconds": timings, "total_seconds": round(time.perf_counter() - began, 1)}
     (out / "adapt.json").write_text(json.dumps(report, indent=1) + "\n")
