@@ -336,8 +336,7 @@ def test_adapt_makes_its_own_pairs_trains_and_keeps_the_best_on_held_out_pairs(l
     out = tmp_path / "adapted"
     args = ["train", "adapt", "--corpus", str(corpus), "--output-dir", str(out), "--init", str(llara_adapter[0]),
             "--pseudo", "cloze", "--llara-steps", "2", "--steps", "4", "--save-every", "2", "--heldout", "6",
-            "--eval-docs", "20",
-            "--seed", "3"]
+            "--eval-docs", "20", "--seed", "3"]
     assert main(args) == 0
     report = json.loads((out / "adapt.json").read_text())
     assert set(report["heldout_ndcg@10"]) == {"start", "checkpoint-2", "checkpoint-4"}
@@ -366,8 +365,8 @@ def test_adapt_by_default_continues_the_init_adapter_on_lead_pairs(llara_adapter
                 f"Every report lists the {i} fields that were found and the errors met on the way.")}) + "\n")
     out = tmp_path / "adapted"
     assert main(["train", "adapt", "--corpus", str(corpus), "--output-dir", str(out), "--init",
-                 str(llara_adapter[0]), "--steps", "2",
-                 "--save-every", "2", "--heldout", "5", "--eval-docs", "12", "--seed", "1"]) == 0
+                 str(llara_adapter[0]), "--steps", "2", "--save-every", "2", "--heldout", "5", "--eval-docs", "12",
+                 "--seed", "1"]) == 0
     report = json.loads((out / "adapt.json").read_text())
     assert not (out / "work/llara").exists() and "LLaRA (EBAE + EBAR)" not in report["seconds"]
     assert (report["pseudo"], report["llara_steps"]) == ("lead", 0)
