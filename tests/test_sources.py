@@ -115,6 +115,47 @@ def test_info(tmp_path):
     assert json.loads((out / "source.json").read_text())["dev"]["queries"] == 2
 
 
+def _sphinx_page(*sections: str) -> str:
+    return ('<html><head><script>var hidden = "no text here";</script></head><body><div class="body">'
+            + "".join(sections) + "</div></body></html>")
+
+
+def _section(heading: str, body: str, *inner: str, level: int = 2) -> str:
+    anchor = heading.lower().replace(" ", "-")
+    return (f'<section id="{anchor}"><h{level}>{heading}<a class="headerlink" href="#{anchor}">¶</a></h{level}>'
+            f"<p>{body}</p>{''.join(inner)}</section>")
+
+
+def test_sphinx_headings_to_section_text(tmp_path):
+    root = tmp_path.resolve()
+    frob = root / "python-frob-doc" / "html"
+    frob.mkdir(parents=True)
+    (frob / "genindex.html").write_text("<html></html>")
+    other = PROSE.replace("frobnicator", "other tool")
+    (frob / "guide.html").write_text(_sphinx_page(_section(
+        "Frob guide", "Short.",
+        _section("Configuring the widgets", PROSE, _section("Nested part here", other, level=3)),
+        _section("frob.configure()", PROSE.replace("widget", "gadget")),  # an API name: no query
+        _section("Return value", other.replace("files", "pipes")), level=1)))
+    (frob / "api.html").write_text(_sphinx_page(_section("Return value", other.replace("files", "sockets"))))
+    (root / "python3-frob").mkdir()
+    (root / "python3-frob" / "html").symlink_to(frob)  # the same build under another package name
+    dev = root / "python-devtool-doc" / "html"
+    dev.mkdir(parents=True)
+    (dev / "genindex.html").write_text("<html></html>")
+    (dev / "guide.html").write_text(_sphinx_page(_section("Configuring the devtool", PROSE)))
+    owners = {str(dev / "genindex.html"): "devtool-doc"}
+
+    assert list(sources.sphinx_projects(root, frozenset({"devtool-doc"}), owners)) == ["frob"]
+    recs = sorted(sources.sphinx(root, exclude_packages=frozenset({"devtool-doc"}), owners=owners))
+    # "Return value" heads two sections of the project (no query); "Frob guide" says too little
+    assert [(r.query, r.title) for r in recs] == [("Configuring the widgets", "frob"), ("Nested part here", "frob")]
+    widgets = recs[0].text
+    assert widgets == " ".join(PROSE.split())  # the heading, its link sign, scripts and the subsection are out
+    assert recs[1].text.startswith("The other tool reads")
+    assert sorted(r.title for r in sources.sphinx(root, per_project=1, owners=owners)) == ["devtool", "frob"]
+
+
 def _records(n: int) -> list[Record]:
     return [Record(f"query number {i}", f"document {i} " + PROSE, f"title {i}") for i in range(n)]
 

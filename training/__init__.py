@@ -107,16 +107,17 @@ def add_parsers(sub, common_flags) -> None:
     r.add_argument("--base", default="bundled:smollm2", help="written into adapter_config.json as given")
 
     r = recipes.add_parser("sources", help="build a BEIR set from documentation installed here: training pairs "
-                           "(manpages, pydoc: train + heldout splits) or an out-of-domain dev set (perlpod, info)")
-    r.add_argument("--source", required=True, choices=("manpages", "pydoc", "perlpod", "info"))
+                           "(manpages, pydoc, sphinx: train + heldout splits) or an out-of-domain dev set (perlpod, info)")
+    r.add_argument("--source", required=True, choices=("manpages", "pydoc", "sphinx", "perlpod", "info"))
     r.add_argument("--output", required=True, help="the BEIR folder to write")
-    r.add_argument("--root", help="where the source lies (default: /usr/share/man, this Python's site-packages, "
+    r.add_argument("--root", help="where the source lies (default: /usr/share/man, this Python's site-packages, /usr/share/doc, "
                    "/usr/share/perl/5.* and /usr/lib/*/perl/5.*, /usr/share/info)")
     r.add_argument("--max-queries", type=int, help="train: a seeded sample of the train queries (default all); "
                    "dev: queries in the set (default 400)")
     r.add_argument("--max-docs", type=int, default=3000, help="dev: corpus size, relevant documents included")
     r.add_argument("--heldout", type=int, default=150, help="train: queries in the heldout split")
-    r.add_argument("--per-package", type=int, help="manpages, pydoc: most pairs from one package (150, 300)")
+    r.add_argument("--per-package", type=int,
+                   help="manpages, pydoc, sphinx: most pairs from one package or project (150, 300, 1500)")
     r.add_argument("--seed", type=int, default=42)
 
     r = recipes.add_parser("mix", help="one training set from the train splits of several BEIR sets (e.g. Debian "

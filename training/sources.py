@@ -5,13 +5,14 @@ The shipped encoder saw only Debian package descriptions, so its dev score says 
 text. Each builder yields `Record(query, text, title)` pairs built offline, a short description as the
 query and the longer text it describes as the document:
 
-- training: `manpages` (sections 1, 5, 7, 8: NAME description -> DESCRIPTION) and `pydoc` (docstring
-  summary -> the rest of the docstring, read with `ast`, nothing imported);
+- training: `manpages` (sections 1, 5, 7, 8: NAME description -> DESCRIPTION), `pydoc` (docstring
+  summary -> the rest of the docstring, read with `ast`, nothing imported) and `sphinx` (a section
+  heading of Sphinx-built HTML documentation -> the section's text: short topic queries);
 - out-of-domain dev: `perlpod` (core Perl POD: NAME description -> DESCRIPTION) and `info` (GNU Info
   concept-index entry -> the node it points to).
 
-No software project feeds both sides: man pages of Perl and of every Debian source package that ships
-an Info manual are left out of training (`dev_packages`), so a dev query cannot have been trained on
+No software project feeds both sides: man pages and Sphinx documentation of Perl and of every Debian
+source package that ships an Info manual are left out of training (`dev_packages`), so a dev query cannot have been trained on
 in another form. Training folders get `train` plus a small `heldout` split (and `heldout/`, a
 CPU-sized folder for it); dev folders get `dev` only, over at most a few thousand documents.
 """
@@ -31,6 +32,7 @@ import re
 import subprocess
 import sysconfig
 from collections.abc import Callable, Iterable, Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import NamedTuple
 
@@ -402,6 +404,99 @@ def perlpod(roots: Iterable[str | Path] | None = None) -> Iterator[Record]:
                       if (r := pod_record(p.read_text(encoding="utf-8", errors="replace"))))
 
 
+# --- training: Sphinx documentation sections -----------------------------------------------------------
+
+_HEADING_QUERY = re.compile(r"[A-Za-z][A-Za-z'-]*(?: [A-Za-z0-9][A-Za-z0-9'-]*)+")  # plain words, two or more
+_BLOCKS = {"p", "pre", "li", "dt", "dd", "div", "section", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6"}
+
+
+class _SphinxPage(HTMLParser):
+    """One Sphinx HTML page -> [(heading, the section's own text)]: subsections apart, headerlinks,
+    scripts and styles left out."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.sections: list[list] = []  # [heading, [text chunks]]
+        self._open: list[tuple[str, int | None]] = []  # div/section tags, with the section each opens
+        self._skip: list[str] = []  # open script, style or headerlink tags: no text
+        self._heading: int | None = None
+
+    def _current(self) -> int | None:
+        return next((s for _, s in reversed(self._open) if s is not None), None)
+
+    def handle_starttag(self, tag, attrs):
+        cls = (dict(attrs).get("class") or "").split()
+        if tag in ("div", "section"):
+            opens = tag == "section" or "section" in cls
+            if opens:
+                self.sections.append(["", []])
+            self._open.append((tag, len(self.sections) - 1 if opens else None))
+        if tag in ("script", "style") or "headerlink" in cls:
+            self._skip.append(tag)
+        cur = self._current()
+        if re.fullmatch(r"h[1-6]", tag) and cur is not None and not self.sections[cur][0]:
+            self._heading = cur
+
+    def handle_endtag(self, tag):
+        if tag in ("div", "section"):
+            while self._open and self._open.pop()[0] != tag:
+                pass
+        if self._skip and self._skip[-1] == tag:
+            self._skip.pop()
+        if re.fullmatch(r"h[1-6]", tag):
+            self._heading = None
+        elif tag in _BLOCKS and (cur := self._current()) is not None:
+            self.sections[cur][1].append("\n\n")
+
+    def handle_data(self, data):
+        cur = self._current()
+        if cur is None or self._skip:
+            return
+        if self._heading == cur:
+            self.sections[cur][0] += data
+        else:
+            self.sections[cur][1].append(data)
+
+
+def sphinx_projects(root: str | Path = "/usr/share/doc", exclude_packages: frozenset[str] = frozenset(),
+                    owners: dict[str, str] | None = None) -> dict[str, Path]:
+    """Project name -> HTML folder of each Sphinx build under `root` (one with a genindex.html), read
+    once when several package names link to it; a folder owned by an excluded package is left out."""
+    owners = dpkg_owners(str(root).rstrip("/") + "/") if owners is None else owners
+    projects: dict[str, Path] = {}
+    for index in sorted(Path(root).glob("*/html/genindex.html")):
+        folder = index.parent.resolve()
+        if folder in projects.values() or owners.get(str(folder / "genindex.html")) in exclude_packages:
+            continue
+        name = re.sub(r"^python3?-|-doc$", "", folder.parent.name)
+        projects[name] = folder
+    return projects
+
+
+def sphinx(root: str | Path = "/usr/share/doc", *, per_project: int = 1500, seed: int = 42,
+           exclude_packages: frozenset[str] = frozenset(), owners: dict[str, str] | None = None,
+           ) -> Iterator[Record]:
+    """A section heading -> the section's own text (the heading taken out), from every Sphinx project's
+    HTML under `root`: short topic queries ("Creating the cache table"), the kind of query the
+    description-style sources lack. Headings must be two or more plain words (no API names); a heading
+    met more than once in a project ("Return value") is no query. At most `per_project` pairs a
+    project, a seeded sample."""
+    rng = random.Random(seed)
+    for project, folder in sphinx_projects(root, exclude_packages, owners).items():
+        pairs: dict[str, list[Record]] = {}
+        for page in sorted(folder.rglob("*.html")):
+            if page.name in ("genindex.html", "search.html", "py-modindex.html") or "_modules" in page.parts:
+                continue
+            parser = _SphinxPage()
+            parser.feed(_read_text(page))
+            for heading, chunks in parser.sections:
+                heading = " ".join(heading.split())
+                if _HEADING_QUERY.fullmatch(heading) and (doc := _doc("".join(chunks), project)):
+                    pairs.setdefault(_key(heading), []).append(doc._replace(query=heading))
+        single = [found[0] for _, found in sorted(pairs.items()) if len(found) == 1]
+        yield from unique(rng.sample(single, min(per_project, len(single))))
+
+
 # --- dev: GNU Info manuals -----------------------------------------------------------------------------
 
 _INDEX_MARK = "\x00\x08[index\x00\x08]"
@@ -607,7 +702,7 @@ def write_dev(records: Iterable[Record], out: str | Path, *, max_queries: int = 
 
 # --- `reprank train sources` ----------------------------------------------------------------------------
 
-TRAINING = ("manpages", "pydoc")
+TRAINING = ("manpages", "pydoc", "sphinx")
 DEV = ("perlpod", "info")
 
 
@@ -617,6 +712,9 @@ def records_for(args) -> Iterator[Record]:
                         exclude_packages=dev_packages())
     if args.source == "pydoc":
         return pydoc(args.root, per_package=args.per_package or 300, seed=args.seed)
+    if args.source == "sphinx":
+        return sphinx(args.root or "/usr/share/doc", per_project=args.per_package or 1500, seed=args.seed,
+                      exclude_packages=dev_packages())
     if args.source == "perlpod":
         return perlpod([args.root] if args.root else None)
     return info(args.root or "/usr/share/info")
