@@ -407,7 +407,7 @@ def perlpod(roots: Iterable[str | Path] | None = None) -> Iterator[Record]:
 # --- training: Sphinx documentation sections -----------------------------------------------------------
 
 _HEADING_QUERY = re.compile(r"[A-Za-z][A-Za-z'-]*(?: [A-Za-z0-9][A-Za-z0-9'-]*)+")  # plain words, two or more
-_BLOCKS = {"p", "pre", "li", "dt", "dd", "div", "section", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6"}
+_BLOCKS = {"p", "pre", "li", "dt", "dd", "div", "section", "tr", "table"}  # a paragraph break after each
 
 
 class _SphinxPage(HTMLParser):
@@ -479,7 +479,7 @@ def sphinx(root: str | Path = "/usr/share/doc", *, per_project: int = 1500, seed
     """A section heading -> the section's own text (the heading taken out), from every Sphinx project's
     HTML under `root`: short topic queries ("Creating the cache table"), the kind of query the
     description-style sources lack. Headings must be two or more plain words (no API names); a heading
-    met more than once in a project ("Return value") is no query. At most `per_project` pairs a
+    heading two sections of a project ("Return value") is no query. At most `per_project` pairs a
     project, a seeded sample."""
     rng = random.Random(seed)
     for project, folder in sphinx_projects(root, exclude_packages, owners).items():
