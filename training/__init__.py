@@ -107,11 +107,12 @@ def add_parsers(sub, common_flags) -> None:
     r.add_argument("--base", default="bundled:smollm2", help="written into adapter_config.json as given")
 
     r = recipes.add_parser("sources", help="build a BEIR set from documentation installed here: training pairs "
-                           "(manpages, pydoc, sphinx: train + heldout splits) or an out-of-domain dev set (perlpod, info)")
+                           "(manpages, pydoc, sphinx: train + heldout splits) or an out-of-domain dev set "
+                           "(perlpod, info)")
     r.add_argument("--source", required=True, choices=("manpages", "pydoc", "sphinx", "perlpod", "info"))
     r.add_argument("--output", required=True, help="the BEIR folder to write")
-    r.add_argument("--root", help="where the source lies (default: /usr/share/man, this Python's site-packages, /usr/share/doc, "
-                   "/usr/share/perl/5.* and /usr/lib/*/perl/5.*, /usr/share/info)")
+    r.add_argument("--root", help="where the source lies (default: /usr/share/man, this Python's site-packages, "
+                   "/usr/share/doc, /usr/share/perl/5.* and /usr/lib/*/perl/5.*, /usr/share/info)")
     r.add_argument("--max-queries", type=int, help="train: a seeded sample of the train queries (default all); "
                    "dev: queries in the set (default 400)")
     r.add_argument("--max-docs", type=int, default=3000, help="dev: corpus size, relevant documents included")

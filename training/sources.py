@@ -12,9 +12,10 @@ query and the longer text it describes as the document:
   concept-index entry -> the node it points to).
 
 No software project feeds both sides: man pages and Sphinx documentation of Perl and of every Debian
-source package that ships an Info manual are left out of training (`dev_packages`), so a dev query cannot have been trained on
-in another form. Training folders get `train` plus a small `heldout` split (and `heldout/`, a
-CPU-sized folder for it); dev folders get `dev` only, over at most a few thousand documents.
+source package that ships an Info manual are left out of training (`dev_packages`), so a dev query
+cannot have been trained on in another form. Training folders get `train` plus a small `heldout` split
+(and `heldout/`, a CPU-sized folder for it); dev folders get `dev` only, over at most a few thousand
+documents.
 """
 
 from __future__ import annotations
@@ -479,8 +480,8 @@ def sphinx(root: str | Path = "/usr/share/doc", *, per_project: int = 1500, seed
     """A section heading -> the section's own text (the heading taken out), from every Sphinx project's
     HTML under `root`: short topic queries ("Creating the cache table"), the kind of query the
     description-style sources lack. Headings must be two or more plain words (no API names); a heading
-    heading two sections of a project ("Return value") is no query. At most `per_project` pairs a
-    project, a seeded sample."""
+    over two sections of a project ("Return value") is no query. At most `per_project` pairs a project,
+    a seeded sample."""
     rng = random.Random(seed)
     for project, folder in sphinx_projects(root, exclude_packages, owners).items():
         pairs: dict[str, list[Record]] = {}
