@@ -177,6 +177,19 @@ def test_reranker_learns_and_loads_with_its_score_head(dataset, tiny_llama, tmp_
         base.close()
 
 
+def test_a_reranker_continues_from_its_adapter_with_its_score_head(dataset, tiny_llama, tmp_path):
+    """--init continues a trained reranker (how the shipped one meets new kinds of text): the first step's
+    loss is the trained model's, not a fresh head's chance level, and the preset comes from the adapter."""
+    groups = fixed_groups(dataset, tmp_path)
+    first = train("reranker", dataset, tmp_path / "first", tiny_llama, *groups, "--max-steps", "12")
+    assert decreases(first), first
+    more = train("reranker", dataset, tmp_path / "more", None, *groups, "--max-steps", "2",
+                 "--init", str(tmp_path / "first"))
+    assert more[0] < np.mean(first[:4]) and abs(more[0] - first[-1]) < abs(more[0] - first[0])
+    assert json.loads((tmp_path / "more" / "reprank.json").read_text()) == {"preset": "smollm2-rankllama"}
+    open_reranker(str(tmp_path / "more")).close()
+
+
 def test_query_likelihood_reranker_learns_and_loads_as_served(dataset, tiny_llama, tmp_path):
     """Fine-tuning the zero-shot query-likelihood reranker: the group loss falls, the CAUSAL_LM adapter
     loads through open_reranker with its preset, and it scores differently from the untrained model."""
@@ -379,11 +392,11 @@ def test_adapt_by_default_continues_the_init_adapter_on_lead_pairs(llara_adapter
 def test_the_preset_of_a_bundled_init_adapter_is_its_own():
     """`--init bundled:smollm2-retriever` continues the shipped adapter with its preset (LLaRA tokens), as a
     folder path does; it once fell back to the plain smollm2 preset and failed on the missing token rows."""
-    from training.retriever import preset_name
+    from training.common import preset_name
 
     args = argparse.Namespace(preset=None, init="bundled:smollm2-retriever")
-    assert preset_name(args) == json.loads((source_path(args.init) / "reprank.json").read_text())["preset"]
-    assert preset_name(args) == "smollm2-llara"
+    assert preset_name(args, "smollm2") == json.loads((source_path(args.init) / "reprank.json").read_text())["preset"]
+    assert preset_name(args, "smollm2") == "smollm2-llara"
 
 
 def test_lead_pseudo_queries_are_first_sentences_taken_out_of_their_passage():

@@ -74,8 +74,10 @@ def add_parsers(sub, common_flags) -> None:
 
     r = recipes.add_parser("reranker", help=RECIPES["reranker"])
     _shared(r, lr=1e-4, batch_size=2, passage_max_length=160)
-    r.add_argument("--preset", default="smollm2-rankllama",
-                   help="a score-head preset, or a query-likelihood one (smollm2-reranker) to fine-tune its LM scores")
+    r.add_argument("--preset", help="a score-head preset, or a query-likelihood one (smollm2-reranker) to fine-tune "
+                   "its LM scores (default: the --init adapter's, else smollm2-rankllama)")
+    r.add_argument("--init", help="reranker adapter to continue (e.g. the shipped one on new kinds of text), "
+                   "score head included; its LoRA rank is kept")
     r.add_argument("--hard-negatives", help="JSONL from `reprank train mine` with the trained retriever")
     r.add_argument("--group-size", type=int, default=8, help="1 positive + N-1 negatives per query")
 

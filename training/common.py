@@ -64,6 +64,14 @@ def setup(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def preset_name(args, default: str) -> str:
+    """--preset, else the --init adapter's own preset (a folder or bundled:NAME), else the default."""
+    if args.preset:
+        return args.preset
+    meta = resolve(args.init).path / "reprank.json" if args.init else None
+    return json.loads(meta.read_text())["preset"] if meta and meta.exists() else default
+
+
 def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str, ...] = ()) -> Trainable:
     """The base model with a fresh LoRA, or with the --init adapter loaded trainable (continued)."""
     from peft import LoraConfig, PeftModel, get_peft_model

@@ -28,7 +28,7 @@ from training.data import batch_indices, load_train, read_negatives, sample_grou
 
 def run(args) -> int:
     common.setup(args)
-    preset = reranker_preset(args.preset)
+    preset = reranker_preset(common.preset_name(args, "smollm2-rankllama"))
     if preset.head not in ("score", "query_likelihood"):
         raise ValueError(f"preset {preset.name} has a {preset.head} head; training needs a score-head or "
                          "query-likelihood preset")

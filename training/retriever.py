@@ -37,17 +37,9 @@ def embed(t: common.Trainable, seqs: list[list[int]], pool_last: int) -> torch.T
     return F.normalize(pool(hidden, lengths, pool_last).float(), p=2, dim=-1)
 
 
-def preset_name(args) -> str:
-    """--preset, else the --init adapter's own preset, else the bundled smollm2 (EOS pooling)."""
-    if args.preset:
-        return args.preset
-    meta = resolve(args.init).path / "reprank.json" if args.init else None  # a folder or bundled:NAME
-    return json.loads(meta.read_text())["preset"] if meta and meta.exists() else "smollm2"
-
-
 def run(args) -> int:
     common.setup(args)
-    preset = encoder_preset(preset_name(args))
+    preset = encoder_preset(common.preset_name(args, "smollm2"))
     t = common.load_trainable(args, "lm", preset.special_tokens)
     train = load_train(args.dataset, args.limit_train_queries, args.seed, args.exclude_queries)
     negatives = read_negatives(args.hard_negatives) if args.hard_negatives else None
