@@ -13,13 +13,11 @@ loading path serves.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import torch
 import torch.nn.functional as F
 
-from models.loading import resolve
 from models.presets import encoder_preset
 from models.runtime import pad_right, pool
 from models.templates import TemplateRenderer
