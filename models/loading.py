@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -205,6 +208,20 @@ def _auto_class(head: Head, adapter_task: str | None = None):
             "query_likelihood": AutoModelForCausalLM}[head]
 
 
+@contextmanager
+def head_from_adapter(yes: bool) -> Iterator[None]:
+    """Mute transformers' load report while a base loads under a score-head adapter: it would call the
+    head MISSING (freshly drawn) at every start, though the adapter loads it next."""
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    if yes:
+        report.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        report.setLevel(level)
+
+
 def load(
     source: str,
     head: Head = "none",
@@ -225,13 +242,17 @@ def load(
 
     path, kwargs = (base_src or src).hf_args()
     extra = {"num_labels": 1} if head == "score" else {}
-    model = _auto_class(head, task).from_pretrained(path, dtype=dtype, **kwargs, **extra)
+    with head_from_adapter(head == "score" and base_src is not None):
+        model = _auto_class(head, task).from_pretrained(path, dtype=dtype, **kwargs, **extra)
     if base_src is not None:
         from peft import PeftModel
 
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(model, str(src.path)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(src.path))
+        if head == "score" and "score" not in (model.peft_config["default"].modules_to_save or ()):
+            raise ModelNotFound(f"{source}: a score-head adapter must carry its head (modules_to_save 'score')")
+        model = model.merge_and_unload()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 

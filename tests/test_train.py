@@ -150,7 +150,7 @@ def test_retriever_learns_resumes_exactly_and_changes_the_encoder(dataset, tiny_
     assert (out / "adapter_model.safetensors").read_bytes() == first
 
 
-def test_reranker_learns_and_loads_with_its_score_head(dataset, tiny_llama, tmp_path):
+def test_reranker_learns_and_loads_with_its_score_head(dataset, tiny_llama, tmp_path, caplog):
     out = tmp_path / "reranker"
     losses = train("reranker", dataset, out, tiny_llama, *fixed_groups(dataset, tmp_path), "--max-steps", "12",
                    "--gradient-checkpointing")
@@ -162,7 +162,9 @@ def test_reranker_learns_and_loads_with_its_score_head(dataset, tiny_llama, tmp_
         head_weight = f.get_tensor(head[0]).float()
     assert lora_b_is_trained(out)
 
+    caplog.clear()
     trained = open_reranker(str(out))
+    assert "MISSING" not in caplog.text, caplog.text  # the adapter brings the head: no report calls it fresh
     from models.loading import load
     from models.reranker import Reranker
 

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from models.loading import add_tokens, load_tokenizer, resolve
+from models.loading import add_tokens, head_from_adapter, load_tokenizer, resolve
 
 log = logging.getLogger("reprank.train")
 
@@ -94,7 +94,8 @@ def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str
     tokenizer = load_tokenizer(init_src or base_src, base_src if init_src else None)
     path, kwargs = base_src.hf_args()
     if head == "score":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32, **kwargs)
+        with head_from_adapter(init_src is not None):
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32, **kwargs)
     else:  # encoders train as causal LMs: LLaRA needs the LM head, and the retriever continues LLaRA's adapter
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     added = _new_tokens(tokenizer, special_tokens, model.get_input_embeddings().weight.shape[0])
