@@ -243,15 +243,17 @@ def load(
     path, kwargs = (base_src or src).hf_args()
     extra = {"num_labels": 1} if head == "score" else {}
     with head_from_adapter(head == "score" and base_src is not None):
-        model = _auto_class(head, task).from_pretrained(path, dtype=dtype, **kwargs, **extra)
+        model, info = _auto_class(head, task).from_pretrained(path, dtype=dtype, output_loading_info=True,
+                                                              **kwargs, **extra)
     if base_src is not None:
         from peft import PeftModel
 
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, str(src.path))
-        if head == "score" and "score" not in (model.peft_config["default"].modules_to_save or ()):
-            raise ModelNotFound(f"{source}: a score-head adapter must carry its head (modules_to_save 'score')")
+        fresh_head = head == "score" and any(k.startswith("score.") for k in info["missing_keys"])
+        if fresh_head and "score" not in (model.peft_config["default"].modules_to_save or ()):
+            raise ModelNotFound(f"{source}: the base has no score head and the adapter carries none")
         model = model.merge_and_unload()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -154,3 +154,13 @@ def test_bundled_minilm_matches_sentence_transformers_convention():
     ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
     assert ours.shape == (2, 384)
     assert (ours * ref).sum(1).min() > 0.9999
+
+
+def test_a_score_adapter_without_its_head_over_a_headless_base_is_refused(tiny_llama, tmp_path):
+    """The base (a causal LM) has no score head and the adapter saved none: serving it would rank with a
+    random head, so loading refuses instead of warning."""
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=1)
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(**LORA)).save_pretrained(adapter)  # no task type: no modules_to_save
+    with pytest.raises(ModelNotFound, match="carries none"):
+        open_reranker(str(adapter), "rankllama")
