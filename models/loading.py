@@ -208,6 +208,12 @@ def _auto_class(head: Head, adapter_task: str | None = None):
             "query_likelihood": AutoModelForCausalLM}[head]
 
 
+def carries_score_head(adapter: Path) -> bool:
+    """Whether a PEFT adapter saved its own score head (SEQ_CLS adapters list it in modules_to_save)."""
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    return "score" in (cfg.get("modules_to_save") or ())
+
+
 @contextmanager
 def head_from_adapter(yes: bool) -> Iterator[None]:
     """Mute transformers' load report while a base loads under a score-head adapter: it would call the
@@ -242,19 +248,18 @@ def load(
 
     path, kwargs = (base_src or src).hf_args()
     extra = {"num_labels": 1} if head == "score" else {}
-    with head_from_adapter(head == "score" and base_src is not None):
+    carried = head == "score" and base_src is not None and carries_score_head(src.path)
+    with head_from_adapter(carried):
         model, info = _auto_class(head, task).from_pretrained(path, dtype=dtype, output_loading_info=True,
                                                               **kwargs, **extra)
     if base_src is not None:
         from peft import PeftModel
 
+        if head == "score" and not carried and any(k.startswith("score.") for k in info["missing_keys"]):
+            raise ModelNotFound(f"{source}: the base has no score head and the adapter carries none")
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(model, str(src.path))
-        fresh_head = head == "score" and any(k.startswith("score.") for k in info["missing_keys"])
-        if fresh_head and "score" not in (model.peft_config["default"].modules_to_save or ()):
-            raise ModelNotFound(f"{source}: the base has no score head and the adapter carries none")
-        model = model.merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(src.path)).merge_and_unload()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 

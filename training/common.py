@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from models.loading import add_tokens, head_from_adapter, load_tokenizer, resolve
+from models.loading import add_tokens, carries_score_head, head_from_adapter, load_tokenizer, resolve
 
 log = logging.getLogger("reprank.train")
 
@@ -94,7 +94,7 @@ def load_trainable(args, head: Literal["lm", "score"], special_tokens: tuple[str
     tokenizer = load_tokenizer(init_src or base_src, base_src if init_src else None)
     path, kwargs = base_src.hf_args()
     if head == "score":
-        with head_from_adapter(init_src is not None):
+        with head_from_adapter(init_src is not None and carries_score_head(init_src.path)):
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32, **kwargs)
     else:  # encoders train as causal LMs: LLaRA needs the LM head, and the retriever continues LLaRA's adapter
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
