@@ -1,0 +1,58 @@
+"""Dense quality of the default encoder when passages are cut at fewer tokens than the preset allows.
+
+The shipped adapters were trained on passages cut at 144 tokens (`--passage-max-length 144`) and
+serve up to 512; this measures whether embedding only a passage's first N tokens retrieves better.
+Each length gets its own collection and a TREC run per dataset for benchmarks/compare_runs.py.
+
+    python benchmarks/passage_length.py --datasets data/heldout/sphinx-500 data/heldout-150 \\
+        --split heldout --lengths 165 277 533 --data-dir /tmp/len --output benchmarks/results/len.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from machine import describe
+
+from indexer.run import derived_collection
+from models import open_encoder
+from models.templates import TemplateRenderer
+from search.evaluate import evaluate, write_outputs
+from service.settings import Settings
+from store import open_store
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", required=True)
+    p.add_argument("--split", default="heldout")
+    p.add_argument("--lengths", nargs="+", type=int, required=True, help="whole passage sequence, template included")
+    p.add_argument("--max-queries", type=int)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--output", type=Path, required=True)
+    args = p.parse_args()
+
+    s = Settings(data_dir=Path(args.data_dir))
+    result = {**describe(), "lengths": {}}
+    with open_store(s.store_config()) as store, open_encoder(s.model, dtype=s.torch_dtype()) as enc:
+        shipped = enc.preset
+        for length in args.lengths:
+            enc.preset = replace(shipped, max_length=length)  # the passage renderer is the only user
+            enc._render["passage"] = TemplateRenderer(enc.tokenizer, shipped.passage_template, length)
+            table = result["lengths"][str(length)] = {}
+            for dataset in args.datasets:
+                name = Path(dataset).name
+                metrics, trec, _ = evaluate(dataset, args.split, enc, None, store, pipelines=("dense",),
+                                            collection=derived_collection("len", dataset, enc, length),
+                                            max_queries=args.max_queries, progress=False)
+                table[name] = metrics["dense"]
+                write_outputs(args.output.with_name(f"{args.output.stem}.{name}.{length}.json"), metrics, trec)
+                print(length, name, round(metrics["dense"]["ndcg@10"], 4), flush=True)
+                args.output.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
