@@ -5,7 +5,7 @@ serve up to 512; this measures whether embedding only a passage's first N tokens
 Each length gets its own collection and a TREC run per dataset for benchmarks/compare_runs.py.
 
     python benchmarks/passage_length.py --datasets data/heldout/sphinx-500 data/heldout-150 \\
-        --split heldout --lengths 165 277 533 --data-dir /tmp/len --output benchmarks/results/len.json
+        --split heldout --lengths 144 277 533 --data-dir /tmp/len --output benchmarks/results/len.json
 """
 
 from __future__ import annotations
