@@ -46,7 +46,8 @@ def main() -> None:
             for dataset in args.datasets:
                 name = Path(dataset).name
                 metrics, trec, _ = evaluate(dataset, args.split, enc, None, store, pipelines=("dense",),
-                                            collection=derived_collection("len", dataset, enc, length),
+                                            collection=None if length == shipped.max_length  # `eval`'s own
+                                            else derived_collection("len", dataset, enc, length),
                                             max_queries=args.max_queries, progress=False)
                 table[name] = metrics["dense"]
                 write_outputs(args.output.with_name(f"{args.output.stem}.{name}.{length}.json"), metrics, trec)
