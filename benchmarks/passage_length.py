@@ -1,8 +1,10 @@
-"""Dense quality of the default encoder when passages are cut at fewer tokens than the preset allows.
+"""Dense quality of the default encoder with a shorter max length, so shorter passage windows.
 
 The shipped adapters were trained on passages cut at 144 tokens (`--passage-max-length 144`) and
-serve up to 512; this measures whether embedding only a passage's first N tokens retrieves better.
-Each length gets its own collection and a TREC run per dataset for benchmarks/compare_runs.py.
+serve up to 533. The indexer splits a document longer than the encoder's window (its max length
+less the template and a title's room, indexer/passages.py) into overlapping windows, and a document
+scores as its best one; so a shorter max length means more, shorter windows, none of the text
+dropped. Each length gets its own collection and a TREC run per dataset for benchmarks/compare_runs.py.
 
     python benchmarks/passage_length.py --datasets data/heldout/sphinx-500 data/heldout-150 \\
         --split heldout --lengths 144 277 533 --data-dir /tmp/len --output benchmarks/results/len.json
