@@ -21,7 +21,7 @@ from machine import describe
 
 from indexer.run import derived_collection
 from models import open_encoder
-from models.templates import TemplateRenderer
+from models.encoder import Encoder
 from search.evaluate import evaluate, write_outputs
 from service.settings import Settings
 from store import open_store
@@ -39,22 +39,20 @@ def main() -> None:
 
     s = Settings(data_dir=Path(args.data_dir))
     result = {**describe(), "lengths": {}}
-    with open_store(s.store_config()) as store, open_encoder(s.model, dtype=s.torch_dtype()) as enc:
-        shipped = enc.preset
+    with open_store(s.store_config()) as store, open_encoder(s.model, dtype=s.torch_dtype()) as shipped:
         for length in args.lengths:
-            enc.preset = replace(shipped, max_length=length)  # the passage renderer is the only user
-            enc._render["passage"] = TemplateRenderer(enc.tokenizer, shipped.passage_template, length)
-            table = result["lengths"][str(length)] = {}
-            for dataset in args.datasets:
-                name = Path(dataset).name
-                metrics, trec, _ = evaluate(dataset, args.split, enc, None, store, pipelines=("dense",),
-                                            collection=None if length == shipped.max_length  # `eval`'s own
-                                            else derived_collection("len", dataset, enc, length),
-                                            max_queries=args.max_queries, progress=False)
-                table[name] = metrics["dense"]
-                write_outputs(args.output.with_name(f"{args.output.stem}.{name}.{length}.json"), metrics, trec)
-                print(length, name, round(metrics["dense"]["ndcg@10"], 4), flush=True)
-                args.output.write_text(json.dumps(result, indent=1) + "\n")
+            with Encoder(shipped.model, replace(shipped.preset, max_length=length)) as enc:  # same weights
+                table = result["lengths"][str(length)] = {}
+                for dataset in args.datasets:
+                    name = Path(dataset).name
+                    metrics, trec, _ = evaluate(dataset, args.split, enc, None, store, pipelines=("dense",),
+                                                collection=None if length == shipped.preset.max_length  # `eval`'s own
+                                                else derived_collection("len", dataset, enc, length),
+                                                max_queries=args.max_queries, progress=False)
+                    table[name] = metrics["dense"]
+                    write_outputs(args.output.with_name(f"{args.output.stem}.{name}.{length}.json"), metrics, trec)
+                    print(length, name, round(metrics["dense"]["ndcg@10"], 4), flush=True)
+                    args.output.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
