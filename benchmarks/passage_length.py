@@ -19,7 +19,6 @@ from pathlib import Path
 
 from machine import describe
 
-from indexer.run import derived_collection
 from models import open_encoder
 from models.encoder import Encoder
 from search.evaluate import evaluate, write_outputs
@@ -46,8 +45,6 @@ def main() -> None:
                 for dataset in args.datasets:
                     name = Path(dataset).name
                     metrics, trec, _ = evaluate(dataset, args.split, enc, None, store, pipelines=("dense",),
-                                                collection=None if length == shipped.preset.max_length  # `eval`'s own
-                                                else derived_collection("len", dataset, enc, length),
                                                 max_queries=args.max_queries, progress=False)
                     table[name] = metrics["dense"]
                     write_outputs(args.output.with_name(f"{args.output.stem}.{name}.{length}.json"), metrics, trec)

@@ -66,10 +66,11 @@ def derived_collection(prefix: str, dataset: str | Path, encoder: Encoder, *extr
 
     The model counts with its revision (its weights' fingerprint), so retraining an adapter in place,
     or a release that ships a new bundled adapter under the same name, gets a fresh collection
-    instead of silently reusing the old vectors.
+    instead of silently reusing the old vectors; so does the preset's max length, which sets the
+    passage window the documents were split by.
     """
     info = collection_info(encoder.model.source, encoder.preset.name)
-    key = json.dumps([str(Path(dataset).resolve()), info, *extra])
+    key = json.dumps([str(Path(dataset).resolve()), info, encoder.preset.max_length, *extra])
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(Path(dataset).resolve().parts[-2:]))[-24:].strip("-._")
     return f"{prefix}-{name}-{encoder.preset.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 

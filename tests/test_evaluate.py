@@ -120,7 +120,8 @@ def test_unknown_pipeline_is_refused(dataset, tiny_llama, tmp_path, capsys):
 
 def test_a_model_changed_on_disk_gets_a_fresh_collection(tmp_path, monkeypatch):
     """Retraining an adapter in place, or a release shipping a new bundled adapter under the same name,
-    must not reuse vectors from the old weights (a bundled adapter once did: same name, stale index)."""
+    must not reuse vectors from the old weights (a bundled adapter once did: same name, stale index);
+    nor may a preset whose max length (the passage window) changed reuse passages split by the old one."""
     import models.loading
     from indexer.run import derived_collection
 
@@ -128,12 +129,14 @@ def test_a_model_changed_on_disk_gets_a_fresh_collection(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "adapter_model.safetensors").write_bytes(b"v1")
 
-    def name(source: str) -> str:
-        encoder = SimpleNamespace(model=SimpleNamespace(source=source), preset=SimpleNamespace(name="p"))
+    def name(source: str, max_length: int = 533) -> str:
+        encoder = SimpleNamespace(model=SimpleNamespace(source=source),
+                                  preset=SimpleNamespace(name="p", max_length=max_length))
         return derived_collection("eval", tmp_path, encoder)
 
     first = name(str(folder))
     assert name(str(folder)) == first
+    assert name(str(folder), max_length=277) != first
     (folder / "adapter_model.safetensors").write_bytes(b"v2, retrained")
     assert name(str(folder)) != first
 
