@@ -180,3 +180,24 @@ def test_compare_runs_counts_queries_and_tests_the_paired_difference(tmp_path):
     assert improved.startswith("40 queries, RR@10: 0.5000 -> 0.8750 (+0.3750); 30 better, 0 worse")
     assert float(improved.rsplit("p = ", 1)[1]) < 1e-4
     assert compare(before, before).endswith("0 better, 0 worse; paired randomization test p = 1")
+
+
+def test_by_doc_length_groups_queries_by_their_longest_relevant_document(tmp_path):
+    """benchmarks/by_doc_length.py: two short-document queries found first, two long-document ones
+    found second; a query no run answered (a --max-queries cut) is left out, not counted as 0."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                                + "".join(f"q{i}\td{i}\t1\n" for i in range(5)))
+    with open(tmp_path / "corpus.jsonl", "w") as f:
+        for i in range(5):
+            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": "word " * (50 if i < 2 else 350)}) + "\n")
+        f.write(json.dumps({"_id": "x", "title": "", "text": "other"}) + "\n")
+    run = tmp_path / "run.trec"
+    run.write_text("".join(f"q{i} Q0 d{i} 1 2.0 t\nq{i} Q0 x 2 1.0 t\n" if i < 2 else
+                           f"q{i} Q0 x 1 2.0 t\nq{i} Q0 d{i} 2 1.0 t\n" for i in range(4)))
+    script = Path(__file__).parents[1] / "benchmarks" / "by_doc_length.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path), "dev", str(run)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = [line.split() for line in out[1:]]
+    assert rows == [["<", "100", "2", "1.0000"], [">=", "300", "2", "0.6309"],  # rank 2: 1 / log2(3)
+                    ["all", "4", "0.8155"]]
