@@ -11,7 +11,7 @@ import argparse
 import bisect
 
 import ir_measures
-from compare_runs import per_query, read_run
+from compare_runs import answered, per_query, read_run
 
 from indexer.corpus import read_corpus, read_qrels
 
@@ -26,21 +26,23 @@ def main() -> None:
     args = p.parse_args()
 
     runs = [read_run(r) for r in args.runs]
-    answered = set.intersection(*({d.query_id for d in run} for run in runs))  # e.g. --max-queries 200
-    qrels = {q: rel for q, rel in read_qrels(args.dataset, args.split).items() if q in answered}
+    every = answered(*runs)
+    qrels = {q: rel for q, rel in read_qrels(args.dataset, args.split).items() if q in every}
     words = {d.doc_id: len(d.text.split()) for d in read_corpus(args.dataset)}
     scores = [per_query(ir_measures.nDCG @ 10, qrels, run) for run in runs]
-    common = sorted(set.intersection(*(set(s) for s in scores)))
     labels = [f"< {e}" for e in args.edges] + [f">= {args.edges[-1]}"]
     buckets: dict[int, list[str]] = {}
-    for q in common:
+    for q in sorted(qrels):
         longest = max(words.get(d, 0) for d, grade in qrels[q].items() if grade > 0)
         buckets.setdefault(bisect.bisect_right(args.edges, longest), []).append(q)
+
+    def row(label: str, qs: list[str]) -> None:
+        print(label.ljust(10), str(len(qs)).rjust(8), *(f"{sum(s[q] for q in qs) / len(qs):42.4f}" for s in scores))
+
     print("words".ljust(10), "queries".rjust(8), *(r.rsplit("/", 1)[-1][-40:].rjust(42) for r in args.runs))
     for b in sorted(buckets):
-        qs = buckets[b]
-        print(labels[b].ljust(10), str(len(qs)).rjust(8), *(f"{sum(s[q] for q in qs) / len(qs):42.4f}" for s in scores))
-    print("all".ljust(10), str(len(common)).rjust(8), *(f"{sum(s[q] for q in common) / len(common):42.4f}" for s in scores))
+        row(labels[b], buckets[b])
+    row("all", sorted(qrels))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ def per_query(measure, qrels: dict[str, dict[str, int]], run: list) -> dict[str,
     return {m.query_id: m.value for m in ir_measures.iter_calc([measure], judged(qrels), run)}
 
 
+def answered(*runs: list[ir_measures.ScoredDoc]) -> set[str]:
+    """The queries every run answered: ir-measures scores a judged query a run lacks as 0, so a run cut
+    short (`--max-queries`) must be compared on these alone."""
+    return set.intersection(*({d.query_id for d in run} for run in runs))
+
+
 def randomization_p(diffs: np.ndarray, trials: int = 100_000, seed: int = 0) -> float:
     """Share of random sign flips whose mean difference is at least as far from 0 as the observed one."""
     if not diffs.any():
@@ -61,9 +67,7 @@ def main() -> None:
         qrels = read_qrels(dataset, args.split)
         before, after = read_run(before_path), read_run(after_path)
         a, b = per_query(measure, qrels, before), per_query(measure, qrels, after)
-        # ir-measures scores a judged query that a run lacks as 0: keep only queries both runs answered
-        answered = {d.query_id for d in before} & {d.query_id for d in after}
-        queries = sorted(a.keys() & b.keys() & answered)
+        queries = sorted(a.keys() & b.keys() & answered(before, after))
         x += [a[q] for q in queries]
         y += [b[q] for q in queries]
     x, y = np.array(x), np.array(y)
