@@ -11,9 +11,9 @@ import argparse
 import bisect
 
 import ir_measures
-from compare_runs import answered, per_query, read_run
+from compare_runs import answered, longest_relevant, per_query, read_run
 
-from indexer.corpus import read_corpus, read_qrels
+from indexer.corpus import read_qrels
 
 
 def main() -> None:
@@ -28,13 +28,12 @@ def main() -> None:
     runs = [read_run(r) for r in args.runs]
     every = answered(*runs)
     qrels = {q: rel for q, rel in read_qrels(args.dataset, args.split).items() if q in every}
-    words = {d.doc_id: len(d.text.split()) for d in read_corpus(args.dataset)}
+    longest = longest_relevant(args.dataset, qrels)
     scores = [per_query(ir_measures.nDCG @ 10, qrels, run) for run in runs]
     labels = [f"< {e}" for e in args.edges] + [f">= {args.edges[-1]}"]
     buckets: dict[int, list[str]] = {}
     for q in sorted(qrels):
-        longest = max(words.get(d, 0) for d, grade in qrels[q].items() if grade > 0)
-        buckets.setdefault(bisect.bisect_right(args.edges, longest), []).append(q)
+        buckets.setdefault(bisect.bisect_right(args.edges, longest[q]), []).append(q)
 
     def row(label: str, qs: list[str]) -> None:
         print(label.ljust(10), str(len(qs)).rjust(8), *(f"{sum(s[q] for q in qs) / len(qs):42.4f}" for s in scores))

@@ -2,6 +2,7 @@
 
     python benchmarks/compare_runs.py DATASET SPLIT BEFORE.trec AFTER.trec [--measure nDCG@10]
         [--also DATASET2 BEFORE2.trec AFTER2.trec ...]   # pool the queries of further sets (same split)
+        [--min-doc-words N]   # only queries whose longest relevant document has at least N words
 
 Prints the mean of each run over the queries both answered, how many queries got better and worse,
 and the two-sided p-value of a paired randomization test (random sign flips of the per-query
@@ -17,7 +18,7 @@ from pathlib import Path
 import ir_measures
 import numpy as np
 
-from indexer.corpus import read_qrels
+from indexer.corpus import read_corpus, read_qrels
 from search.evaluate import judged
 
 
@@ -40,6 +41,12 @@ def answered(*runs: list[ir_measures.ScoredDoc]) -> set[str]:
     return set.intersection(*({d.query_id for d in run} for run in runs))
 
 
+def longest_relevant(dataset: str | Path, qrels: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Each query's longest relevant document, in words: where an encoder's window matters."""
+    words = {d.doc_id: len(d.text.split()) for d in read_corpus(dataset)}
+    return {q: max(words.get(d, 0) for d, grade in rel.items() if grade > 0) for q, rel in qrels.items()}
+
+
 def randomization_p(diffs: np.ndarray, trials: int = 100_000, seed: int = 0) -> float:
     """Share of random sign flips whose mean difference is at least as far from 0 as the observed one."""
     if not diffs.any():
@@ -60,11 +67,16 @@ def main() -> None:
     p.add_argument("--measure", default="nDCG@10", help="an ir-measures name, e.g. nDCG@10, RR@10, R@100")
     p.add_argument("--also", nargs=3, action="append", default=[], metavar=("DATASET", "BEFORE", "AFTER"),
                    help="another set's runs, pooled with the first (each query counts once)")
+    p.add_argument("--min-doc-words", type=int, default=0,
+                   help="only queries whose longest relevant document has at least this many words")
     args = p.parse_args()
     measure = ir_measures.parse_measure(args.measure)
     x, y = [], []
     for dataset, before_path, after_path in [(args.dataset, args.before, args.after), *args.also]:
         qrels = read_qrels(dataset, args.split)
+        if args.min_doc_words:
+            longest = longest_relevant(dataset, qrels)
+            qrels = {q: rel for q, rel in qrels.items() if longest[q] >= args.min_doc_words}
         before, after = read_run(before_path), read_run(after_path)
         a, b = per_query(measure, qrels, before), per_query(measure, qrels, after)
         queries = sorted(a.keys() & b.keys() & answered(before, after))

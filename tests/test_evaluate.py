@@ -161,25 +161,31 @@ def test_rrf_fusion_lets_the_first_stage_overrule_a_lone_reranker_vote():
 
 def test_compare_runs_counts_queries_and_tests_the_paired_difference(tmp_path):
     """benchmarks/compare_runs.py, as RESULTS.md runs it: 40 queries with one relevant document each;
-    AFTER moves it from rank 2 to rank 1 in 30 of them (p tiny); against itself nothing changes (p = 1)."""
+    AFTER moves it from rank 2 to rank 1 in 30 of them (p tiny); against itself nothing changes (p = 1);
+    --min-doc-words keeps the 10 queries whose relevant document is long (8 of them improved)."""
     (tmp_path / "qrels").mkdir()
     (tmp_path / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n"
                                                 + "".join(f"q{i}\tgood{i}\t1\n" for i in range(40)))
+    with open(tmp_path / "corpus.jsonl", "w") as f:
+        f.writelines(json.dumps({"_id": f"good{i}", "title": "", "text": "word " * (300 if i % 4 == 0 else 20)}) + "\n"
+                     for i in range(40))
     before, after = tmp_path / "before.trec", tmp_path / "after.trec"
     before.write_text("".join(f"q{i} Q0 bad{i} 1 2.0 x\nq{i} Q0 good{i} 2 1.0 x\n" for i in range(40)))
     after.write_text("".join(f"q{i} Q0 good{i} 1 2.0 x\nq{i} Q0 bad{i} 2 1.0 x\n" if i < 30 else
                              f"q{i} Q0 bad{i} 1 2.0 x\nq{i} Q0 good{i} 2 1.0 x\n" for i in range(40)))
     script = Path(__file__).parents[1] / "benchmarks" / "compare_runs.py"
 
-    def compare(a: Path, b: Path) -> str:
-        out = subprocess.run([sys.executable, str(script), str(tmp_path), "dev", str(a), str(b), "--measure", "RR@10"],
-                             capture_output=True, text=True, check=True).stdout
+    def compare(a: Path, b: Path, *extra: str) -> str:
+        out = subprocess.run([sys.executable, str(script), str(tmp_path), "dev", str(a), str(b), "--measure", "RR@10",
+                              *extra], capture_output=True, text=True, check=True).stdout
         return out.strip()
 
     improved = compare(before, after)
     assert improved.startswith("40 queries, RR@10: 0.5000 -> 0.8750 (+0.3750); 30 better, 0 worse")
     assert float(improved.rsplit("p = ", 1)[1]) < 1e-4
     assert compare(before, before).endswith("0 better, 0 worse; paired randomization test p = 1")
+    long = compare(before, after, "--min-doc-words", "300")  # q0, q4, ..., q36: 8 of them improved (i < 30)
+    assert long.startswith("10 queries, RR@10: 0.5000 -> 0.9000 (+0.4000); 8 better, 0 worse")
 
 
 def test_by_doc_length_groups_queries_by_their_longest_relevant_document(tmp_path):
