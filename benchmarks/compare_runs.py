@@ -44,7 +44,7 @@ def answered(*runs: list[ir_measures.ScoredDoc]) -> set[str]:
 def longest_relevant(dataset: str | Path, qrels: dict[str, dict[str, int]]) -> dict[str, int]:
     """Each query's longest relevant document, in words: where an encoder's window matters."""
     words = {d.doc_id: len(d.text.split()) for d in read_corpus(dataset)}
-    return {q: max(words.get(d, 0) for d, grade in rel.items() if grade > 0) for q, rel in qrels.items()}
+    return {q: max((words.get(d, 0) for d, grade in rel.items() if grade > 0), default=0) for q, rel in qrels.items()}
 
 
 def randomization_p(diffs: np.ndarray, trials: int = 100_000, seed: int = 0) -> float:
