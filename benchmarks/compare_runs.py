@@ -20,6 +20,7 @@ import numpy as np
 
 from indexer.corpus import read_corpus, read_qrels
 from search.evaluate import judged
+from training.sources import words
 
 
 def read_run(path: str | Path) -> list[ir_measures.ScoredDoc]:
@@ -42,9 +43,10 @@ def answered(*runs: list[ir_measures.ScoredDoc]) -> set[str]:
 
 
 def longest_relevant(dataset: str | Path, qrels: dict[str, dict[str, int]]) -> dict[str, int]:
-    """Each query's longest relevant document, in words: where an encoder's window matters."""
-    words = {d.doc_id: len(d.text.split()) for d in read_corpus(dataset)}
-    return {q: max((words.get(d, 0) for d, grade in rel.items() if grade > 0), default=0) for q, rel in qrels.items()}
+    """Each query's longest relevant document, in words counted as the sources count them when they clip
+    at 300: where an encoder's window matters."""
+    length = {d.doc_id: words(d.text) for d in read_corpus(dataset)}
+    return {q: max((length.get(d, 0) for d, grade in rel.items() if grade > 0), default=0) for q, rel in qrels.items()}
 
 
 def randomization_p(diffs: np.ndarray, trials: int = 100_000, seed: int = 0) -> float:
